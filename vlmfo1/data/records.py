@@ -1,0 +1,212 @@
+"""FO1 training/evaluation records: one JSON object per line (SPEC §3), LLaVA-style.
+
+A record is one conversation about one image, with the proposal boxes its region tokens stand for::
+
+    {"id": "train-000012-detection-0", "image": "images/train/000012.png", "task": "detection",
+     "bbox_list": [[x1, y1, x2, y2], ...], "score_list": [0.93, ...],
+     "conversations": [{"from": "human", "value": "<image>\\nPlease detect red circle in this image. ..."},
+                       {"from": "gpt", "value": "<ground>red circle</ground><objects><region2></objects>"}],
+     "meta": {...ground truth for scoring...}}
+
+`<regionK>` in any turn refers to ``bbox_list[K]``. `task` and `meta` are ours (upstream records have
+neither); reading a record without them gives ``task="unknown"`` and ``meta={}``. Any other key is an
+error rather than being dropped: a record that does not round-trip would lose data silently.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from vlmfo1 import prompts
+
+HUMAN, GPT = "human", "gpt"
+UNKNOWN_TASK = "unknown"
+_KEYS = ("id", "image", "task", "bbox_list", "score_list", "conversations", "meta")
+_REQUIRED_KEYS = ("id", "image", "conversations")
+_REGION_RE = re.compile(r"<region(\d+)>")
+
+
+class RecordError(ValueError):
+    """A record that breaks the FO1 record format; the message names the record and the rule."""
+
+
+@dataclass
+class FO1Record:
+    id: str
+    image: str
+    conversations: list[dict[str, str]]  # [{"from": "human"|"gpt", "value": str}, ...], human first
+    bbox_list: list[list[float]] = field(default_factory=list)  # xyxy pixels of the image
+    score_list: list[float] = field(default_factory=list)  # one per box
+    task: str = UNKNOWN_TASK
+    meta: dict[str, Any] = field(default_factory=dict)  # exact ground truth for scoring
+
+    @classmethod
+    def single_turn(
+        cls,
+        id: str,
+        image: str,
+        prompt: str,
+        answer: str,
+        bbox_list: list[list[float]] | None = None,
+        score_list: list[float] | None = None,
+        task: str = UNKNOWN_TASK,
+        meta: dict[str, Any] | None = None,
+    ) -> "FO1Record":
+        """A one-question record; `prompt` is the task text without the image tag."""
+        return cls(
+            id=id,
+            image=image,
+            conversations=[
+                {"from": HUMAN, "value": f"{prompts.IMAGE_TAG}\n{prompt}"},
+                {"from": GPT, "value": answer},
+            ],
+            bbox_list=[list(box) for box in bbox_list or []],
+            score_list=list(score_list or []),
+            task=task,
+            meta=dict(meta or {}),
+        )
+
+    @property
+    def prompt(self) -> str:
+        """The first human turn without the leading image tag."""
+        return self.conversations[0]["value"].removeprefix(f"{prompts.IMAGE_TAG}\n")
+
+    @property
+    def answer(self) -> str:
+        """The first gpt turn."""
+        return self.conversations[1]["value"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "image": self.image,
+            "task": self.task,
+            "bbox_list": self.bbox_list,
+            "score_list": self.score_list,
+            "conversations": self.conversations,
+            "meta": self.meta,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FO1Record":
+        """Builds and validates a record; raises `RecordError` on missing, unknown or malformed fields."""
+        if not isinstance(data, dict):
+            raise RecordError(f"a record must be a JSON object, got {type(data).__name__}")
+        record_id = data.get("id", "<no id>")
+        missing = [key for key in _REQUIRED_KEYS if key not in data]
+        if missing:
+            raise RecordError(f"record {record_id!r}: missing field(s) {missing}")
+        unknown = sorted(set(data) - set(_KEYS))
+        if unknown:
+            raise RecordError(f"record {record_id!r}: unknown field(s) {unknown}; known fields are {list(_KEYS)}")
+        record = cls(
+            id=data["id"],
+            image=data["image"],
+            conversations=data["conversations"],
+            bbox_list=data.get("bbox_list", []),
+            score_list=data.get("score_list", []),
+            task=data.get("task", UNKNOWN_TASK),
+            meta=data.get("meta", {}),
+        )
+        record.validate()
+        return record
+
+    def validate(self) -> None:
+        """Raises `RecordError` naming the first broken rule."""
+        where = f"record {self.id!r}"
+        if not isinstance(self.id, str) or not self.id:
+            raise RecordError(f"record id must be a non-empty string, got {self.id!r}")
+        if not isinstance(self.image, str) or not self.image:
+            raise RecordError(f"{where}: image must be a non-empty path string, got {self.image!r}")
+        if not isinstance(self.task, str) or not self.task:
+            raise RecordError(f"{where}: task must be a non-empty string, got {self.task!r}")
+        if not isinstance(self.meta, dict):
+            raise RecordError(f"{where}: meta must be an object, got {type(self.meta).__name__}")
+        _validate_boxes(self.bbox_list, self.score_list, where)
+        _validate_conversations(self.conversations, len(self.bbox_list), where)
+
+
+def _validate_boxes(boxes: Any, scores: Any, where: str) -> None:
+    if not isinstance(boxes, list) or not isinstance(scores, list):
+        raise RecordError(f"{where}: bbox_list and score_list must be lists")
+    if len(boxes) > prompts.MAX_REGIONS:
+        raise RecordError(f"{where}: {len(boxes)} boxes, at most {prompts.MAX_REGIONS} region tokens exist")
+    if len(scores) != len(boxes):
+        raise RecordError(f"{where}: {len(scores)} scores for {len(boxes)} boxes (one score per box)")
+    for i, box in enumerate(boxes):
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_finite_number(v) for v in box):
+            raise RecordError(f"{where}: box {i} must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
+        if box[2] < box[0] or box[3] < box[1]:
+            raise RecordError(f"{where}: box {i} {list(box)} has x2 < x1 or y2 < y1 (boxes are xyxy)")
+    for i, score in enumerate(scores):
+        if not _is_finite_number(score):
+            raise RecordError(f"{where}: score {i} must be a finite number, got {score!r}")
+
+
+def _validate_conversations(turns: Any, num_boxes: int, where: str) -> None:
+    if not isinstance(turns, list) or len(turns) < 2:
+        raise RecordError(f"{where}: conversations must be a list of at least one human and one gpt turn")
+    image_tags = 0
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or set(turn) != {"from", "value"}:
+            raise RecordError(f"{where}: turn {i} must be {{'from': ..., 'value': ...}}, got {turn!r}")
+        expected = HUMAN if i % 2 == 0 else GPT
+        if turn["from"] != expected:
+            raise RecordError(f"{where}: turn {i} is from {turn['from']!r}, expected {expected!r} (turns alternate, human first)")
+        if not isinstance(turn["value"], str):
+            raise RecordError(f"{where}: turn {i} value must be a string")
+        image_tags += turn["value"].count(prompts.IMAGE_TAG)
+        for index in map(int, _REGION_RE.findall(turn["value"])):
+            if index >= num_boxes:
+                raise RecordError(f"{where}: turn {i} names <region{index}> but bbox_list has {num_boxes} boxes")
+    if not turns[0]["value"].startswith(f"{prompts.IMAGE_TAG}\n"):
+        raise RecordError(f"{where}: the first human turn must start with {prompts.IMAGE_TAG!r} and a newline")
+    if image_tags != 1:
+        raise RecordError(f"{where}: {image_tags} {prompts.IMAGE_TAG} tags, expected exactly one")
+    if len(turns) % 2:
+        raise RecordError(f"{where}: the conversation ends with a human turn (no answer to learn from)")
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_records(path: str | os.PathLike) -> Iterator[FO1Record]:
+    """Yields the records of a JSONL file; a bad line raises `RecordError` with its line number.
+    Blank lines are skipped."""
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield FO1Record.from_dict(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise RecordError(f"{path}:{line_number}: not valid JSON ({error})") from error
+            except RecordError as error:
+                raise RecordError(f"{path}:{line_number}: {error}") from error
+
+
+def write_records(path: str | os.PathLike, records: Iterable[FO1Record]) -> int:
+    """Validates and writes records as JSONL (UTF-8, one per line); returns how many were written.
+    Nothing is written if a record is invalid: the file is written to a temporary name first."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    count = 0
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for record in records:
+                record.validate()
+                handle.write(record.to_json() + "\n")
+                count += 1
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return count
