@@ -159,6 +159,25 @@ def test_boundary_samples_follow_kernel_rules():
     torch.testing.assert_close(out[4], f[:, 1:3, 1:3].mean(dim=(1, 2)))
 
 
+def test_adaptive_grid_on_exact_multiples_of_the_output_size():
+    """roi sizes of exactly 7, 14, 21 cells: ceil() gives grids of 1, 2, 3 samples, not one more."""
+    features = torch.randn(1, 2, 30, 30, dtype=torch.float64)
+    rois = torch.tensor(
+        [[0, 0.0, 0.0, 7.0, 14.0], [0, 3.0, 2.0, 24.0, 9.0], [0, 1.5, 4.25, 15.5, 25.25]], dtype=torch.float64
+    )
+    for aligned in (False, True):
+        expected = reference_forward(features.numpy(), rois.tolist(), (7, 7), 1.0, -1, aligned)
+        actual = roi_align_torch(features, rois, 7, 1.0, -1, aligned)
+        np.testing.assert_allclose(actual.numpy(), expected, rtol=0, atol=1e-12)
+    # Worked by hand: the 7x14 box (not aligned) has bins of 1x2 cells, one sample per bin along
+    # x (at pw + 0.5) and two along y (at 2ph + 0.5 and 2ph + 1.5).
+    f = features[0]
+    along_x = 0.5 * (f[:, :, 0:7] + f[:, :, 1:8])
+    by_hand = 0.25 * along_x[:, 0:14:2] + 0.5 * along_x[:, 1:15:2] + 0.25 * along_x[:, 2:16:2]
+    first = roi_align_torch(features, rois[:1], 7, 1.0, -1, False)[0]
+    torch.testing.assert_close(first, by_hand, rtol=0, atol=1e-12)
+
+
 def test_not_aligned_grows_small_boxes_to_one_cell_and_aligned_does_not():
     features = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     point_box = torch.tensor([[0, 2.0, 3.0, 2.0, 3.0]], dtype=torch.float64)
@@ -188,7 +207,7 @@ def test_input_gradient_matches_scalar_reference(aligned, sampling_ratio):
 
 def test_gradcheck_float64():
     generator = torch.Generator().manual_seed(3)
-    features = torch.randn(2, 2, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    features = torch.randn(2, 1, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor(
         [[0, 0.3, 0.7, 3.9, 4.2], [1, -1.2, 2.0, 6.5, 3.1], [1, 4.0, 4.0, 4.4, 4.3], [0, -3, -3, -2, -2]],
         dtype=torch.float64,

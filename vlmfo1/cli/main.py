@@ -10,6 +10,8 @@ app = typer.Typer(help="VLM-FO1: fine-grained perception by region-token retriev
 # Modules that add commands to `app`; each defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = [
     "vlmfo1.cli.convert",
+    "vlmfo1.cli.evaluate",
+    "vlmfo1.cli.data",
 ]
 
 

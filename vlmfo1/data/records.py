@@ -57,7 +57,8 @@ class FO1Record:
         task: str = UNKNOWN_TASK,
         meta: dict[str, Any] | None = None,
     ) -> "FO1Record":
-        """A one-question record; `prompt` is the task text without the image tag."""
+        """A one-question record; `prompt` is the task text without the image tag. The lists given
+        are kept, not copied: records of one image may share their proposal lists."""
         return cls(
             id=id,
             image=image,
@@ -65,10 +66,10 @@ class FO1Record:
                 {"from": HUMAN, "value": f"{prompts.IMAGE_TAG}\n{prompt}"},
                 {"from": GPT, "value": answer},
             ],
-            bbox_list=[list(box) for box in bbox_list or []],
-            score_list=list(score_list or []),
+            bbox_list=bbox_list if bbox_list is not None else [],
+            score_list=score_list if score_list is not None else [],
             task=task,
-            meta=dict(meta or {}),
+            meta=meta if meta is not None else {},
         )
 
     @property
@@ -93,7 +94,7 @@ class FO1Record:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        return _dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FO1Record":
@@ -192,6 +193,10 @@ def read_records(path: str | os.PathLike) -> Iterator[FO1Record]:
                 raise RecordError(f"{path}:{line_number}: not valid JSON ({error})") from error
             except RecordError as error:
                 raise RecordError(f"{path}:{line_number}: {error}") from error
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def write_records(path: str | os.PathLike, records: Iterable[FO1Record]) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 def read_prediction_records(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -44,13 +44,13 @@ def read_coco_results_or_records(path: str | os.PathLike) -> list[dict[str, Any]
     return read_prediction_records(path)
 
 
-def write_prediction_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
-    count = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+def append_prediction_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Adds one record as a line and flushes it, so an interrupted run keeps every finished item
+    (a run resumes by skipping the ids `read_prediction_records` already finds)."""
+    if "id" not in record:
+        raise ValueError(f"a prediction record needs an 'id': {record!r}")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _read_rows(path: Path) -> list[tuple[str, Any]]:

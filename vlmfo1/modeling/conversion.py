@@ -71,6 +71,21 @@ _QWEN_FIELDS = (
 ).split()
 
 
+def davit_config_from_upstream(davit: dict) -> Florence2VisionConfig:
+    """Upstream's DaViT settings dict (`dim_embed`, `num_heads`, ...) as a Florence2VisionConfig."""
+    return florence2_large_davit_config(
+        depths=list(davit["depths"]),
+        embed_dim=list(davit["dim_embed"]),
+        num_heads=list(davit["num_heads"]),
+        num_groups=list(davit["num_groups"]),
+        window_size=davit.get("window_size", 12),
+        patch_size=list(davit["patch_size"]),
+        patch_stride=list(davit["patch_stride"]),
+        patch_padding=list(davit["patch_padding"]),
+        patch_prenorm=list(davit["patch_prenorm"]),
+    )
+
+
 def convert_upstream_key(key: str) -> str:
     for pattern, replacement in UPSTREAM_KEY_RULES:
         if re.match(pattern, key):
@@ -134,7 +149,11 @@ def convert_upstream_config(
             )
         aux_encoder_config = KNOWN_DAVIT[name]()
     if isinstance(aux_encoder_config, dict):
-        aux_encoder_config = Florence2VisionConfig(**aux_encoder_config)
+        aux_encoder_config = (
+            davit_config_from_upstream(aux_encoder_config)
+            if "dim_embed" in aux_encoder_config
+            else Florence2VisionConfig(**aux_encoder_config)
+        )
 
     simple_fp_key = "region_encoder.simple_fp.simfp_3.0.weight"
     config = FO1Config(
@@ -176,4 +195,5 @@ def load_upstream_checkpoint(cls, folder: Path, tokenizer_path=None, aux_encoder
     problems = {k: v for k, v in problems.items() if v}
     if problems:
         raise ValueError(f"upstream checkpoint {folder} does not fit the converted model: {problems}")
+    model.config.name_or_path = str(folder)
     return model

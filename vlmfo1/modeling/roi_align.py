@@ -15,13 +15,17 @@ imports; otherwise a pure-PyTorch implementation reproduces torchvision's kernel
   bilinearly interpolated;
 * a bin is the mean over its grid (divided by ``max(grid_h * grid_w, 1)``).
 
-Bilinear weights factor into a y part and an x part, so each box is pooled as
-``Wy @ window @ Wx.T`` where ``Wy`` [oh, h] and ``Wx`` [ow, w] accumulate the per-axis
-weights of all samples of a bin, and ``window`` is the part of the map the box's
-samples touch. Boxes are processed in buckets of equal window size (powers of two),
-in chunks bounded by ``_GATHER_BUDGET_ELEMENTS``; the gradient with respect to the
-input is the transpose of the same weights, as in torchvision's backward. Boxes get
-no gradient (torchvision returns none for them either).
+Bilinear weights factor into a y part and an x part. Per axis, ``Wy`` [oh, h] and
+``Wx`` [ow, w] accumulate the weights of all samples of each bin over the cells of a
+*window*, the part of the map the box's samples touch; a box is then pooled as one
+matrix product of its window [C, h*w] with the 2-D weights ``Wy (x) Wx``. Boxes are
+batched by window size (sizes rounded up to 1, 2, 3, 4, 6, 8, 12, ...), in chunks of
+at most ``_GATHER_BUDGET_ELEMENTS`` gathered values. Autograd's gradient with respect
+to the input scatters through the same weights, as torchvision's backward does. Boxes
+get no gradient (torchvision returns none for them either).
+
+On CUDA the products run through cuBLAS, so with ``torch.backends.cuda.matmul.allow_tf32``
+enabled they are TF32-accurate only; it is off by default.
 """
 from __future__ import annotations
 
@@ -37,8 +41,8 @@ except Exception:  # noqa: BLE001 - any import failure means: use the pure-PyTor
 #: Which implementation ``roi_align`` dispatches to: ``"torchvision"`` or ``"torch"``.
 ROI_ALIGN_BACKEND = "torchvision" if _torchvision_roi_align is not None else "torch"
 
-# Upper bound on the elements of one chunk of gathered feature windows (boxes x h x w x C);
-# 2**26 fp32 elements = 256 MiB.
+# Upper bound on the values gathered per chunk of boxes (windows and their 2-D weights);
+# 2**26 fp32 values = 256 MiB.
 _GATHER_BUDGET_ELEMENTS = 1 << 26
 
 
@@ -136,28 +140,37 @@ def roi_align_torch(
         grid_w = torch.full_like(batch_index, sampling_ratio)
     else:
         # Negative sizes (possible only when aligned) give an empty grid and a zero output.
-        grid_h = torch.floor(roi_h / pooled_h + 1).long().clamp_min(0)
+        grid_h = torch.ceil(roi_h / pooled_h).long().clamp_min(0)
         grid_w = torch.ceil(roi_w / pooled_w).long().clamp_min(0)
     count = (grid_h * grid_w).clamp_min(1).to(input.dtype)
 
     y_axis = _AxisInterpolation(start_y, roi_h / pooled_h, grid_h, pooled_h, height)
     x_axis = _AxisInterpolation(start_x, roi_w / pooled_w, grid_w, pooled_w, width)
 
-    features_hwc = input.permute(0, 2, 3, 1)  # gathering [.., h, w, :] reads whole channel vectors
+    # Channels stay the leading axis: [C, N*H*W] is a view for N == 1, and gathering whole
+    # windows per channel plane reads memory in order (a channels-last copy would not).
+    flat = input.transpose(0, 1).reshape(channels, num_images * height * width)
     bucket_key = y_axis.window * (width + 1) + x_axis.window
     pooled_parts, part_rows = [], []
     for key in torch.unique(bucket_key).tolist():
         window_h, window_w = divmod(key, width + 1)
         rows_in_bucket = (bucket_key == key).nonzero().flatten()
-        chunk = max(1, _GATHER_BUDGET_ELEMENTS // (window_h * window_w * max(channels, 1)))
+        chunk = max(1, _GATHER_BUDGET_ELEMENTS // (window_h * window_w * (channels + pooled_h * pooled_w)))
         for rows in rows_in_bucket.split(chunk):
             weights_y, origin_y = y_axis.window_weights(rows, window_h)
             weights_x, origin_x = x_axis.window_weights(rows, window_w)
-            cells_y = origin_y[:, None] + torch.arange(window_h, device=input.device)
-            cells_x = origin_x[:, None] + torch.arange(window_w, device=input.device)
-            windows = features_hwc[batch_index[rows][:, None, None], cells_y[:, :, None], cells_x[:, None, :]]
-            pooled = torch.einsum("kph,khwc,kqw->kcpq", weights_y, windows, weights_x)
-            pooled_parts.append(pooled / count[rows][:, None, None, None])
+            cell_y = batch_index[rows, None] * height + origin_y[:, None] + torch.arange(window_h, device=input.device)
+            cell_x = origin_x[:, None] + torch.arange(window_w, device=input.device)
+            cells = cell_y[:, :, None] * width + cell_x[:, None, :]
+            windows = flat.index_select(1, cells.flatten()).view(channels, len(rows), window_h * window_w)
+            # Per box: [C, h*w] @ [h*w, oh*ow] with the 2-D bilinear weights Wy (x) Wx; the
+            # batch runs over boxes, each a strided [C, h*w] slice of the gathered windows.
+            weights_2d = (weights_y[:, :, None, :, None] * weights_x[:, None, :, None, :]).reshape(
+                len(rows), pooled_h * pooled_w, window_h * window_w
+            )
+            pooled = torch.bmm(windows.transpose(0, 1), weights_2d.transpose(1, 2))  # [k, C, oh*ow]
+            pooled = pooled / count[rows][:, None, None]
+            pooled_parts.append(pooled.view(len(rows), channels, pooled_h, pooled_w))
             part_rows.append(rows)
     order = torch.cat(part_rows)
     inverse = torch.empty_like(order)
@@ -200,8 +213,10 @@ class _AxisInterpolation:
         last = torch.where(valid, high, -1).flatten(1).amax(dim=1)
         self.first = torch.where(any_valid, first, 0)
         span = torch.where(any_valid, last - first + 1, 1)
-        # Round windows up to powers of two so that boxes of similar size share one bucket.
-        window = torch.exp2(torch.ceil(torch.log2(span.double()))).long()
+        # Round windows up to the next of 1, 2, 3, 4, 6, 8, 12, 16, ... so that boxes of similar
+        # size share one bucket while gathering at most 50% more cells per axis than needed.
+        power = torch.exp2(torch.floor(torch.log2(span.double()))).long()
+        window = torch.where(span <= power, power, torch.where(2 * span <= 3 * power, 3 * power // 2, 2 * power))
         self.window = window.clamp_max(size)
         self.size = size
 

@@ -9,6 +9,7 @@ from vlmfo1 import prompts
 from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES
 
 MAX_OBJECTS = 60
+IMAGE_FORMATS = ("jpg", "png")
 
 # Task names written into records (`FO1Record.task`). Rejection records come out of the detection
 # slots (see `ShapeWorldConfig.rejection_share`), so they have no count of their own.
@@ -61,7 +62,9 @@ class ShapeWorldConfig:
     noise: int = 6  # pixel noise amplitude (0..64), added to every channel
     distractors: tuple[int, int] = (0, 3)  # irregular blobs that belong to no category
     words: bool = True
-    word_prob: float = 0.5  # share of medium/large circles, squares and hexagons that carry a word
+    word_prob: float = 0.7  # share of medium/large circles, squares and hexagons that carry a word
+
+    image_format: str = "jpg"  # "jpg" (fast, quality 95, no chroma subsampling) or "png" (lossless, slow)
 
     # --- proposals (the boxes region tokens stand for) -----------------------------------------
     max_proposals: int = prompts.MAX_REGIONS
@@ -154,6 +157,8 @@ class ShapeWorldConfig:
             raise ValueError(f"min_visible must be in (0, 1], got {self.min_visible}")
         if not 0.0 <= self.max_rotation <= 45.0:
             raise ValueError(f"max_rotation must be in [0, 45] degrees (more turns squares into diamonds), got {self.max_rotation}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
         if not 0 <= self.noise <= 64:
             raise ValueError(f"noise must be in [0, 64], got {self.noise}")
         if not 0 <= self.distractors[0] <= self.distractors[1]:

@@ -20,8 +20,8 @@ from vlmfo1.evaluation.adapters._files import image_path, read_json, require_key
 from vlmfo1.evaluation.box_ops import xywh_to_xyxy
 from vlmfo1.evaluation.items import EvalDataset, EvalItem
 
-# Osprey's question, with FO1's region token in place of Osprey's mask token.
-# TODO(prompts owner): move next to the other task templates in `vlmfo1.prompts`.
+# Osprey's question, with FO1's region token in place of Osprey's mask token. It belongs with the
+# task templates in `vlmfo1.prompts` (not owned by this module); kept here until it moves there.
 REGION_CATEGORY_PROMPT = "What is the category of {}? Using only one word or phrase."
 
 

@@ -23,18 +23,26 @@ def parse_count(answer: str) -> int | None:
     return int(match.group()) if match else None
 
 
-def counting_scores(predicted: Sequence[int | None], truth: Sequence[int]) -> dict[str, float | int]:
-    """`predicted[i]` None (no number in the answer) counts as 0, as upstream."""
-    if len(predicted) != len(truth):
-        raise ValueError(f"{len(predicted)} predictions for {len(truth)} items")
+def counting_scores(answers: Sequence[str | None], truth: Sequence[int]) -> dict[str, float | int]:
+    """Scores raw answers. An answer without digits predicts 0 (upstream); a missing answer (None)
+    is wrong whatever the truth."""
+    if len(answers) != len(truth):
+        raise ValueError(f"{len(answers)} answers for {len(truth)} items")
     if not truth:
         raise ValueError("no items to score")
-    counts = [0 if p is None else int(p) for p in predicted]
-    exact = sum(p == int(t) for p, t in zip(counts, truth))
-    within_one = sum(abs(p - int(t)) <= 1 for p, t in zip(counts, truth))
+    exact = within_one = unparsed = 0
+    for answer, true_count in zip(answers, truth):
+        if answer is None:
+            continue
+        count = parse_count(answer)
+        if count is None:
+            unparsed += 1
+            count = 0
+        exact += count == int(true_count)
+        within_one += abs(count - int(true_count)) <= 1
     return {
         "accuracy": exact / len(truth),
         "within_one_accuracy": within_one / len(truth),
         "num_items": len(truth),
-        "num_unparsed": sum(p is None for p in predicted),
+        "num_unparsed": unparsed,
     }

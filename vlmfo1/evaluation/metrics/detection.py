@@ -9,8 +9,8 @@
   hard-negative label on the same box ("inflated AP").
 
 FO1 predictions become COCO results with `detections_to_coco_results` (upstream ``eval_coco.py``:
-box = the proposal named by the region index, score = that proposal's score, labels that are not
-category names are dropped).
+box = the proposal named by the region index, score = that proposal's score (or another score the
+caller chooses), labels that are not category names are dropped).
 """
 from __future__ import annotations
 
@@ -30,38 +30,29 @@ OVDEVAL_NMS_IOU = 0.5
 
 
 def detections_to_coco_results(
-    image_id: int,
-    groups: Iterable[tuple[str, Sequence[int]]],
-    boxes: Sequence[Sequence[float]],
-    scores: Sequence[float],
+    image_id: Any,
+    detections: Iterable[tuple[str, Sequence[float], float]],
     category_ids: Mapping[str, int],
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """One image's FO1 answer as COCO results.
+    """One image's FO1 detections as COCO results.
 
-    `groups` are the answer's ``(label, region indexes)``; `boxes` (xyxy) and `scores` are the regions
-    the model was given, in index order. A region named twice under one label gives one detection.
-    Returns the results and the labels that are no category name (dropped, as upstream does).
+    `detections` are ``(label, xyxy box, score)``: for each region an answer names under a label,
+    the box and score of the proposal behind that region. Returns the results and the labels that
+    are no category name (dropped, as upstream does).
     """
-    if len(boxes) != len(scores):
-        raise ValueError(f"{len(scores)} scores for {len(boxes)} boxes")
     results: list[dict[str, Any]] = []
     unknown: list[str] = []
-    for label, indexes in groups:
+    for label, box, score in detections:
         label = label.strip()
         if label not in category_ids:
-            unknown.append(label)
+            if label not in unknown:
+                unknown.append(label)
             continue
-        for index in dict.fromkeys(indexes):
-            if not 0 <= index < len(boxes):
-                raise ValueError(f"region index {index} is out of range for {len(boxes)} boxes")
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": category_ids[label],
-                    "bbox": xyxy_to_xywh(boxes[index]),
-                    "score": float(scores[index]),
-                }
-            )
+        if len(box) != 4:
+            raise ValueError(f"box of {label!r} must be [x1, y1, x2, y2], got {box!r}")
+        results.append(
+            {"image_id": image_id, "category_id": category_ids[label], "bbox": xyxy_to_xywh(box), "score": float(score)}
+        )
     return results, unknown
 
 
@@ -166,8 +157,13 @@ def _defined(value: float) -> float | None:
 
 
 def _complete_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of `gt` with what COCOeval needs. Hand-made annotation files often lack ``area``,
-    ``iscrowd`` or ``id``; they get the box area, 0 and a running number (documented recovery)."""
+    """A copy of `gt` with what COCOeval needs.
+
+    Annotation ids are renumbered 1..N in file order: pycocotools records a match by the matched
+    annotation's id and reads 0 as "unmatched", so a file whose ids start at 0 (OVDEval's do) would
+    silently lose that object's match; repeated ids would overwrite each other. The ids appear in no
+    metric. Hand-made files often lack ``area`` or ``iscrowd``; they get the box area and 0.
+    """
     for key in ("images", "categories"):
         if key not in gt:
             raise ValueError(f"the COCO ground truth has no {key!r} list")
@@ -176,17 +172,13 @@ def _complete_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
         "categories": copy.deepcopy(list(gt["categories"])),
         "annotations": copy.deepcopy(list(gt.get("annotations", []))),
     }
-    used_ids = {a["id"] for a in dataset["annotations"] if "id" in a}
-    next_id = max(used_ids, default=0) + 1
-    for annotation in dataset["annotations"]:
+    for number, annotation in enumerate(dataset["annotations"], start=1):
         for key in ("image_id", "category_id", "bbox"):
             if key not in annotation:
                 raise ValueError(f"ground-truth annotation {annotation!r} has no {key!r}")
         annotation.setdefault("area", float(annotation["bbox"][2]) * float(annotation["bbox"][3]))
         annotation.setdefault("iscrowd", 0)
-        if "id" not in annotation:
-            annotation["id"] = next_id
-            next_id += 1
+        annotation["id"] = number
     return dataset
 
 

@@ -42,9 +42,10 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def ocr_scores(
-    answers: Sequence[str], truths: Sequence[str], min_gt_length: int = COCOTEXT_MIN_LENGTH
+    answers: Sequence[str | None], truths: Sequence[str], min_gt_length: int = COCOTEXT_MIN_LENGTH
 ) -> dict[str, float | int | None]:
-    """Exact and edit-distance-1 accuracy of raw answers against raw ground-truth strings."""
+    """Exact and edit-distance-1 accuracy of raw answers against raw ground-truth strings; a missing
+    answer (None) is wrong."""
     if len(answers) != len(truths):
         raise ValueError(f"{len(answers)} answers for {len(truths)} regions")
     exact = close = scored = 0
@@ -53,6 +54,8 @@ def ocr_scores(
         if len(truth) < min_gt_length:
             continue
         scored += 1
+        if answer is None:
+            continue
         distance = edit_distance(normalize_ocr_text(answer), truth)
         exact += distance == 0
         close += distance <= 1

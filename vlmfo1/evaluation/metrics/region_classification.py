@@ -118,19 +118,21 @@ def semantic_similarity(
 
 
 def region_classification_scores(
-    answers: Sequence[str], categories: Sequence[str], embedder: SentenceEmbedder | None = None
+    answers: Sequence[str | None], categories: Sequence[str], embedder: SentenceEmbedder | None = None
 ) -> dict[str, float | int]:
-    """Mean SS and S-IoU (in [0, 1]) of raw model answers against raw dataset category names."""
+    """Mean SS and S-IoU (in [0, 1]) of raw model answers against raw dataset category names.
+    A missing answer (None) scores 0 on both."""
     if len(answers) != len(categories):
         raise ValueError(f"{len(answers)} answers for {len(categories)} categories")
     if not categories:
         raise ValueError("no regions to score")
-    cleaned_answers = [clean_answer(a) for a in answers]
-    cleaned_categories = [clean_category_name(c) for c in categories]
-    similarity = semantic_similarity(cleaned_answers, cleaned_categories, embedder)
+    present = [i for i, answer in enumerate(answers) if answer is not None]
+    cleaned_answers = [clean_answer(answers[i]) for i in present]
+    cleaned_categories = [clean_category_name(categories[i]) for i in present]
+    similarity = semantic_similarity(cleaned_answers, cleaned_categories, embedder) if present else np.zeros(0)
     ious = [semantic_iou(a, c) for a, c in zip(cleaned_answers, cleaned_categories)]
     return {
-        "semantic_similarity": float(np.mean(similarity)),
-        "semantic_iou": float(np.mean(ious)),
+        "semantic_similarity": float(np.sum(similarity)) / len(categories),
+        "semantic_iou": float(np.sum(ious)) / len(categories),
         "num_items": len(categories),
     }

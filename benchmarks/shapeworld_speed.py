@@ -1,0 +1,95 @@
+"""How fast ShapeWorld makes data on one CPU core.
+
+    python benchmarks/shapeworld_speed.py                  # 256 px, train and heldout presets
+    python benchmarks/shapeworld_speed.py --size 512 --n 300
+
+Stages, each timed over the same scenes (images per second, best of --repeats runs):
+
+* scene:    lay out and draw the image, measure what is visible (`generate_scene`)
+* records:  + proposals, every task sample, FO1 records and coordinate twins as JSON lines
+* encoded:  + the image file's bytes (JPEG by default, see --format)
+* written:  `write_dataset` with one worker into a temporary folder (files, COCO, everything)
+
+The target is 200 images/s at 256 px on one core for the train preset ("encoded" and "written").
+The process pins itself to one core where the OS allows it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+from vlmfo1.data.shapeworld import ShapeWorldConfig, encode_image, generate_scene, make_task_records, write_dataset
+
+TARGET = 200.0
+
+
+def images_per_second(function, n: int, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        rates.append(n / (time.perf_counter() - start))
+    return max(rates)
+
+
+def measure(preset: str, size: int, n: int, repeats: int, image_format: str) -> dict[str, float]:
+    config = ShapeWorldConfig.preset(preset, image_size=(size, size), image_format=image_format)
+
+    def scenes():
+        return [generate_scene(config, i, seed=0, split=preset) for i in range(n)]
+
+    def records():
+        for i in range(n):
+            scene = generate_scene(config, i, seed=0, split=preset)
+            for style in ("fo1", "coords"):
+                [record.to_json() for record in make_task_records(scene, config=config, style=style)]
+
+    def encoded():
+        for i in range(n):
+            scene = generate_scene(config, i, seed=0, split=preset)
+            for style in ("fo1", "coords"):
+                [record.to_json() for record in make_task_records(scene, config=config, style=style)]
+            encode_image(scene, config.image_format)
+
+    def written():
+        with tempfile.TemporaryDirectory() as folder:
+            write_dataset(folder, n, seed=0, split=preset, config=config, workers=1)
+
+    objects = statistics.mean(len(scene.objects) for scene in scenes())
+    return {
+        "objects/img": objects,
+        "scene": images_per_second(scenes, n, repeats),
+        "records": images_per_second(records, n, repeats),
+        "encoded": images_per_second(encoded, n, repeats),
+        "written": images_per_second(written, n, repeats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--n", type=int, default=200, help="images per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--format", default="jpg", choices=("jpg", "png"))
+    parser.add_argument("--presets", default="train,heldout")
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"ShapeWorld speed, {args.size}x{args.size} px, {args.format}, n={args.n}, best of {args.repeats}, one core")
+    print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.2f}")
+    print(f"{'preset':<9}{'objects/img':>12}{'scene':>9}{'records':>9}{'encoded':>9}{'written':>9}   (images/s)")
+    for preset in args.presets.split(","):
+        result = measure(preset, args.size, args.n, args.repeats, args.format)
+        print(f"{preset:<9}{result['objects/img']:>12.1f}" + "".join(f"{result[k]:>9.0f}" for k in ("scene", "records", "encoded", "written")))
+        if preset == "train" and args.size == 256:
+            verdict = "meets" if result["written"] >= TARGET else "misses"
+            print(f"  train at 256 px {verdict} the {TARGET:.0f} images/s target: {result['written']:.0f} images/s written")
+
+
+if __name__ == "__main__":
+    main()
