@@ -10,8 +10,9 @@ Stages, each timed over the same scenes (images per second, best of --repeats ru
 * encoded:  + the image file's bytes (JPEG by default, see --format)
 * written:  `write_dataset` with one worker into a temporary folder (files, COCO, everything)
 
-The target is 200 images/s at 256 px on one core for the train preset ("encoded" and "written").
-The process pins itself to one core where the OS allows it.
+The target is 200 images/s at 256 px on one core for the train preset ("written"). Everything
+runs in this one process and thread (no worker pool); on a shared machine the figures move with
+the load average, which is printed with them.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import statistics
 import tempfile
 import time
 
-from vlmfo1.data.shapeworld import ShapeWorldConfig, encode_image, generate_scene, make_task_records, write_dataset
+from vlmfo1.data.shapeworld import ShapeWorldConfig, encode_image, generate_example, generate_scene, write_dataset
 
 TARGET = 200.0
 
@@ -44,16 +45,14 @@ def measure(preset: str, size: int, n: int, repeats: int, image_format: str) -> 
 
     def records():
         for i in range(n):
-            scene = generate_scene(config, i, seed=0, split=preset)
-            for style in ("fo1", "coords"):
-                [record.to_json() for record in make_task_records(scene, config=config, style=style)]
+            example = generate_example(config, i, seed=0, split=preset)
+            [record.to_json() for record in example.fo1_records() + example.coordinate_records()]
 
     def encoded():
         for i in range(n):
-            scene = generate_scene(config, i, seed=0, split=preset)
-            for style in ("fo1", "coords"):
-                [record.to_json() for record in make_task_records(scene, config=config, style=style)]
-            encode_image(scene, config.image_format)
+            example = generate_example(config, i, seed=0, split=preset)
+            [record.to_json() for record in example.fo1_records() + example.coordinate_records()]
+            encode_image(example.scene, config.image_format)
 
     def written():
         with tempfile.TemporaryDirectory() as folder:
@@ -77,10 +76,8 @@ def main() -> None:
     parser.add_argument("--format", default="jpg", choices=("jpg", "png"))
     parser.add_argument("--presets", default="train,heldout")
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"ShapeWorld speed, {args.size}x{args.size} px, {args.format}, n={args.n}, best of {args.repeats}, one core")
+    print(f"ShapeWorld speed, {args.size}x{args.size} px, {args.format}, n={args.n}, best of {args.repeats}, one process")
     print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.2f}")
     print(f"{'preset':<9}{'objects/img':>12}{'scene':>9}{'records':>9}{'encoded':>9}{'written':>9}   (images/s)")
     for preset in args.presets.split(","):

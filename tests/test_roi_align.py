@@ -1,4 +1,5 @@
 """RoIAlign: the vectorised implementation against a scalar transcription of torchvision's kernel."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,8 @@ def reference_contributions(rois, height, width, pooled_h, pooled_w, spatial_sca
             roi_h = max(roi_h, real(1.0))
         bin_h = roi_h / real(pooled_h)
         bin_w = roi_w / real(pooled_w)
-        grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_h / real(pooled_h)))
-        grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_w / real(pooled_w)))
+        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / real(pooled_h))
+        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / real(pooled_w))
         count = real(max(grid_h * grid_w, 1))
         for ph in range(pooled_h):
             for pw in range(pooled_w):
@@ -71,7 +72,7 @@ def reference_contributions(rois, height, width, pooled_h, pooled_w, spatial_sca
 
 def reference_forward(features, rois, pooled, spatial_scale, sampling_ratio, aligned):
     real = features.dtype.type
-    n, c, h, w = features.shape
+    _, c, h, w = features.shape
     out = np.zeros((len(rois), c, pooled[0], pooled[1]), dtype=features.dtype)
     for k, b, ph, pw, y, x, weight in reference_contributions(
         rois, h, w, pooled[0], pooled[1], spatial_scale, sampling_ratio, aligned, real
@@ -82,7 +83,7 @@ def reference_forward(features, rois, pooled, spatial_scale, sampling_ratio, ali
 
 def reference_input_gradient(features_shape, grad_output, rois, pooled, spatial_scale, sampling_ratio, aligned):
     real = grad_output.dtype.type
-    n, c, h, w = features_shape
+    h, w = features_shape[2:]
     grad = np.zeros(features_shape, dtype=grad_output.dtype)
     for k, b, ph, pw, y, x, weight in reference_contributions(
         rois, h, w, pooled[0], pooled[1], spatial_scale, sampling_ratio, aligned, real
@@ -93,6 +94,7 @@ def reference_input_gradient(features_shape, grad_output, rois, pooled, spatial_
 
 def random_rois(generator, num, image_h, image_w, num_images):
     """Boxes in image coordinates: inside, partly outside, fully outside, tiny, inverted."""
+
     def uniform(low, high, size):
         return low + (high - low) * torch.rand(size, generator=generator, dtype=torch.float64)
 
@@ -229,7 +231,9 @@ def test_boxes_get_no_gradient():
 def test_list_of_boxes_equals_tensor_with_batch_index():
     generator = torch.Generator().manual_seed(11)
     features = torch.randn(3, 4, 12, 12, generator=generator)
-    per_image = [torch.rand(n, 2, generator=generator).repeat(1, 2) * 40 + torch.tensor([0, 0, 8, 5]) for n in (2, 0, 3)]
+    per_image = [
+        torch.rand(n, 2, generator=generator).repeat(1, 2) * 40 + torch.tensor([0, 0, 8, 5]) for n in (2, 0, 3)
+    ]
     rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(per_image)])
     from_list = roi_align(features, per_image, 3, 0.25)
     from_tensor = roi_align(features, rois, 3, 0.25)

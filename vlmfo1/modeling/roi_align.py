@@ -27,6 +27,7 @@ get no gradient (torchvision returns none for them either).
 On CUDA the products run through cuBLAS, so with ``torch.backends.cuda.matmul.allow_tf32``
 enabled they are TF32-accurate only; it is off by default.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -254,8 +255,6 @@ def _as_rois(boxes: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
             raise ValueError(f"boxes[{image_index}] must be a Tensor of shape [L, 4], got {shape}")
     if not boxes:
         return torch.zeros(0, 5)
-    dtype = torch.promote_types(boxes[0].dtype, torch.float32) if not boxes[0].is_floating_point() else boxes[0].dtype
-    rois = [
-        torch.cat([torch.full_like(b[:, :1], i, dtype=dtype), b.to(dtype)], dim=1) for i, b in enumerate(boxes)
-    ]
+    dtype = boxes[0].dtype if boxes[0].is_floating_point() else torch.float32
+    rois = [torch.cat([torch.full_like(b[:, :1], i, dtype=dtype), b.to(dtype)], dim=1) for i, b in enumerate(boxes)]
     return torch.cat(rois, dim=0)

@@ -34,6 +34,7 @@ Decisions on input images (``load_image``):
   image as displayed. Upstream does not do this;
 * undecodable, truncated, empty or zero-size images raise ``ValueError``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,7 +46,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,8 +59,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
-BoxesInput = Union[None, Sequence[Sequence[float]], np.ndarray, torch.Tensor]
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+BoxesInput = Sequence[Sequence[float]] | np.ndarray | torch.Tensor | None
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -108,7 +109,7 @@ def _decode(data: bytes, source: str) -> Image.Image:
         pil = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise
-    except Exception as error:  # noqa: BLE001 - PIL signals bad data with many exception types
+    except Exception as error:  # PIL signals bad data with many exception types
         raise ValueError(f"cannot decode {source} as an image: {error}") from error
     return _fully_loaded(pil, source)
 
@@ -119,7 +120,7 @@ def _fully_loaded(pil: Image.Image, source: str) -> Image.Image:
         pil.load()
     except Image.DecompressionBombError:
         raise
-    except Exception as error:  # noqa: BLE001 - truncated files raise OSError, others SyntaxError, ...
+    except Exception as error:  # truncated files raise OSError, others SyntaxError, ...
         raise ValueError(f"cannot decode {source}: {error}") from error
     return pil
 
@@ -137,10 +138,10 @@ def _to_rgb(pil: Image.Image) -> Image.Image:
         return pil
     if pil.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(pil).astype(np.float64)
-        return Image.fromarray(_sixteen_to_eight_bit(np.clip(values, 0, 65535)), mode="L").convert("RGB")
+        return Image.fromarray(_sixteen_to_eight_bit(np.clip(values, 0, 65535))).convert("RGB")
     if pil.mode == "F":
         values = np.asarray(pil)
-        return Image.fromarray(_unit_float_to_eight_bit(values, "mode F image"), mode="L").convert("RGB")
+        return Image.fromarray(_unit_float_to_eight_bit(values, "mode F image")).convert("RGB")
     # L, 1, P, PA, LA, RGBA, CMYK, YCbCr, LAB, HSV, ...: PIL's conversion (alpha dropped).
     return pil.convert("RGB")
 
@@ -185,8 +186,7 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     else:
         raise ValueError(f"unsupported image array dtype {array.dtype}")
     pixels = np.ascontiguousarray(pixels)
-    mode = {2: "L", 3: "RGB", 4: "RGBA"}[pixels.ndim if pixels.ndim == 2 else pixels.shape[2]]
-    return Image.fromarray(pixels, mode=mode)
+    return Image.fromarray(pixels)
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,9 +256,7 @@ def clip_boxes(boxes: BoxesInput, width: float, height: float) -> np.ndarray:
     clipped = array.copy()
     clipped[:, 0::2] = np.clip(array[:, 0::2], 0.0, width)
     clipped[:, 1::2] = np.clip(array[:, 1::2], 0.0, height)
-    outside = np.flatnonzero(
-        (array[:, 0] >= width) | (array[:, 2] <= 0) | (array[:, 1] >= height) | (array[:, 3] <= 0)
-    )
+    outside = np.flatnonzero((array[:, 0] >= width) | (array[:, 2] <= 0) | (array[:, 1] >= height) | (array[:, 3] <= 0))
     if len(outside):
         warnings.warn(
             f"boxes {outside.tolist()} lie entirely outside the {width}x{height} image; "
@@ -322,8 +320,18 @@ class FO1ImageProcessor:
     # Switches of transformers' processor that this one cannot turn off.
     _ALWAYS_ON = ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb")
     _KEYS = (
-        "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std", "rescale_factor",
-        "resample", "aux_image_size", "aux_image_mean", "aux_image_std", "min_image_side", "max_image_side",
+        "patch_size",
+        "temporal_patch_size",
+        "merge_size",
+        "image_mean",
+        "image_std",
+        "rescale_factor",
+        "resample",
+        "aux_image_size",
+        "aux_image_mean",
+        "aux_image_std",
+        "min_image_side",
+        "max_image_side",
     )
 
     @classmethod

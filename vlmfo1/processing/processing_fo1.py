@@ -54,7 +54,7 @@ class FO1Processor:
         settings = json.loads((path / PROCESSOR_CONFIG).read_text()) if (path / PROCESSOR_CONFIG).exists() else {}
         settings.update(kwargs)
         tokenizer = load_fo1_tokenizer(tokenizer_path or path, settings.get("max_regions", MAX_REGIONS))
-        return cls(FO1ImageProcessor.from_pretrained(path), tokenizer, **settings)
+        return cls(FO1ImageProcessor.from_pretrained(path, **_aux_size_from_model_config(path)), tokenizer, **settings)
 
     def save_pretrained(self, path) -> None:
         path = Path(path)
@@ -155,7 +155,7 @@ class FO1Processor:
                 )
         if with_image:
             vision = self.image_processor(
-                [image_list[i] for i in with_image], boxes=[box_list[i] or [] for i in with_image]
+                [image_list[i] for i in with_image], boxes=[[] if box_list[i] is None else box_list[i] for i in with_image]
             )
             features.update(
                 pixel_values=vision["pixel_values"],
@@ -209,6 +209,15 @@ class FO1Processor:
 
     def decode(self, ids, **kwargs) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, **kwargs)
+
+
+def _aux_size_from_model_config(path: Path) -> dict[str, int]:
+    """An upstream folder's preprocessor config has no aux size; its model config.json has it."""
+    preprocessor, model = path / "preprocessor_config.json", path / "config.json"
+    if not model.exists() or (preprocessor.exists() and "aux_image_size" in json.loads(preprocessor.read_text())):
+        return {}
+    size = json.loads(model.read_text()).get("aux_image_size")
+    return {"aux_image_size": int(size)} if size else {}
 
 
 def _as_batch(value, n: int, name: str, batched: bool) -> list:

@@ -78,8 +78,16 @@ def boxes_json(entries: list[dict[str, Any]]) -> str:
     """Qwen2.5-VL's grounding answer: a fenced JSON list, one box per line; "None" when empty."""
     if not entries:
         return prompts.NO_OBJECT_ANSWER
-    lines = ",\n".join("\t" + json.dumps(entry, ensure_ascii=False) for entry in entries)
-    return f"```json\n[\n{lines}\n]\n```"
+    labels: dict[str, str] = {}  # a group's label repeats on each of its boxes: encode it once
+    lines = []
+    for entry in entries:
+        label = entry["label"]
+        if label not in labels:
+            labels[label] = json.dumps(label, ensure_ascii=False)
+        x1, y1, x2, y2 = entry["bbox_2d"]
+        lines.append(f'\t{{"bbox_2d": [{x1}, {y1}, {x2}, {y2}], "label": {labels[label]}}}')
+    body = ",\n".join(lines)
+    return f"```json\n[\n{body}\n]\n```"
 
 
 def _box_entries(part: Grounding, scene: Scene) -> list[dict[str, Any]]:

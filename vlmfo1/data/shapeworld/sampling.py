@@ -22,6 +22,7 @@ class Draws:
         self._block = block
         self._values: list[float] = []
         self._next = 0
+        self._spare_normal: float | None = None
 
     def random(self) -> float:
         """Uniform in [0, 1)."""
@@ -75,9 +76,15 @@ class Draws:
             items[i], items[j] = items[j], items[i]
 
     def normal(self, mean: float = 0.0, std: float = 1.0) -> float:
-        # Box-Muller; 1 - random() is in (0, 1], so the log is finite.
-        radius = math.sqrt(-2.0 * math.log(1.0 - self.random()))
-        return mean + std * radius * math.cos(2 * math.pi * self.random())
+        # Box-Muller makes two independent normals; the second is kept for the next call.
+        if self._spare_normal is None:
+            radius = math.sqrt(-2.0 * math.log(1.0 - self.random()))  # 1 - random() is in (0, 1]
+            angle = 2 * math.pi * self.random()
+            self._spare_normal = radius * math.sin(angle)
+            value = radius * math.cos(angle)
+        else:
+            value, self._spare_normal = self._spare_normal, None
+        return mean + std * value
 
     def poisson(self, mean: float) -> int:
         if mean <= 0:
