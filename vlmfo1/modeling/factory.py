@@ -24,10 +24,29 @@ SIZES = {
 }
 
 
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The Qwen special-token ids of a tokenizer (a locally trained small one has its own)."""
+    ids = {
+        "bos_token_id": "<|endoftext|>",
+        "eos_token_id": "<|im_end|>",
+        "pad_token_id": "<|endoftext|>",
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in ids.values() if token not in vocab]
+    if missing:
+        raise ValueError(f"tokenizer lacks the Qwen special tokens {missing}")
+    return {name: vocab[token] for name, token in ids.items()}
+
+
 def small_fo1_config(
     size: str = "tiny",
     vocab_size: int = 151936,
     region_token_id: int = 151773,
+    tokenizer=None,
     aux_image_size: int = 256,
     use_simple_fp: bool = True,
     use_aux_features: bool = True,
@@ -35,7 +54,18 @@ def small_fo1_config(
     tie_word_embeddings: bool = True,
     **overrides,
 ) -> FO1Config:
-    """A Qwen2.5-VL-shaped FO1 of the given size. `vocab_size`/`region_token_id` must fit the tokenizer."""
+    """A Qwen2.5-VL-shaped FO1 of the given size.
+
+    With `tokenizer` (an FO1 tokenizer, see `load_fo1_tokenizer`), the vocabulary size and every special
+    token id come from it; otherwise they are Qwen2.5's and `vocab_size`/`region_token_id` must fit.
+    """
+    special = QWEN_SPECIAL_IDS
+    if tokenizer is not None:
+        from vlmfo1.processing.tokenization import REGION_PLACEHOLDER_TOKEN
+
+        special = special_token_ids(tokenizer)
+        vocab_size = -(-len(tokenizer) // 64) * 64  # padded to a multiple of 64, as Qwen's table is
+        region_token_id = tokenizer.convert_tokens_to_ids(REGION_PLACEHOLDER_TOKEN)
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     hidden, layers, heads, kv_heads, vit_hidden, vit_depth, vit_heads, davit_dims, fp_dim = SIZES[size]
@@ -55,7 +85,7 @@ def small_fo1_config(
             rope_scaling={"type": "mrope", "mrope_section": mrope_section},
             rope_theta=1000000.0,
             initializer_range=0.02,
-            **{k: v for k, v in QWEN_SPECIAL_IDS.items() if k.endswith(("bos_token_id", "eos_token_id", "pad_token_id"))},
+            **{k: v for k, v in special.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")},
         ),
         vision_config=dict(
             depth=vit_depth,
@@ -68,7 +98,7 @@ def small_fo1_config(
             initializer_range=0.02,
         ),
         tie_word_embeddings=tie_word_embeddings,
-        **QWEN_SPECIAL_IDS,
+        **special,
     )
     aux = Florence2VisionConfig(
         depths=[1, 1, 1, 1],
