@@ -252,6 +252,9 @@ def test_zero_boxes():
     out.sum().backward()
     assert torch.count_nonzero(features.grad) == 0
     assert roi_align(features, [torch.zeros(0, 4), torch.zeros(0, 4)], 2).shape == (0, 3, 2, 2)
+    assert roi_align(torch.zeros(1, 3, 0, 0), torch.zeros(0, 5), 2).shape == (0, 3, 2, 2)
+    with pytest.raises(ValueError, match="empty feature map"):
+        roi_align(torch.zeros(1, 3, 0, 4), torch.zeros(1, 5), 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -290,7 +293,7 @@ def test_invalid_arguments_raise_clear_errors():
         roi_align(features[0], torch.zeros(0, 5), 2)
 
 
-def test_backend_flag():
+def test_backend_flag_reflects_torchvision_availability():
     try:
         import torchvision.ops  # noqa: F401
 
@@ -381,3 +384,21 @@ def test_upstream_vt_roi_features_simplefp(upstream_fixture_dir):
     # Discriminating: aligned=True (the wrong convention) misses by far more than the tolerance.
     wrong = roi_align(maps["simplefp_level2"][None], [region["hfre_vt_boxes"]], 7, 1 / 14, -1, True).mean(dim=(2, 3))
     assert (wrong - region["roi_vt_raw"][:, 32:48]).abs().max() > 1e-3
+
+
+def test_torchvision_dispatch_gets_fp32_features_and_checked_rois(monkeypatch):
+    calls = []
+
+    def recording_torchvision(features, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        calls.append((features.dtype, tuple(rois.shape), output_size, spatial_scale, sampling_ratio, aligned))
+        return roi_align_torch(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+    monkeypatch.setattr(roi_align_module, "ROI_ALIGN_BACKEND", "torchvision")
+    monkeypatch.setattr(roi_align_module, "_torchvision_roi_align", recording_torchvision)
+    assert roi_align_backend() == "torchvision"
+    features = torch.randn(2, 3, 6, 6).to(torch.bfloat16)
+    out = roi_align(features, [torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[4.0, 4, 20, 16]])], 3, 0.5, 2, True)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 3, 3, 3)
+    assert calls == [(torch.float32, (2, 5), (3, 3), 0.5, 2, True)]
+    with pytest.raises(ValueError, match="batch indexes"):  # checked before torchvision sees it
+        roi_align(features, torch.tensor([[5.0, 0, 0, 1, 1]]), 2)

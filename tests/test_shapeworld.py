@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from vlmfo1 import prompts
-from vlmfo1.data.records import FO1Record, read_records
+from vlmfo1.data.records import read_records
 from vlmfo1.data.shapeworld import (
     COLOURS,
     SHAPES,

@@ -17,12 +17,11 @@ imports; otherwise a pure-PyTorch implementation reproduces torchvision's kernel
 
 Bilinear weights factor into a y part and an x part. Per axis, ``Wy`` [oh, h] and
 ``Wx`` [ow, w] accumulate the weights of all samples of each bin over the cells of a
-*window*, the part of the map the box's samples touch; a box is then pooled as one
-matrix product of its window [C, h*w] with the 2-D weights ``Wy (x) Wx``. Boxes are
-batched by window size (sizes rounded up to 1, 2, 3, 4, 6, 8, 12, ...), in chunks of
-at most ``_GATHER_BUDGET_ELEMENTS`` gathered values. Autograd's gradient with respect
-to the input scatters through the same weights, as torchvision's backward does. Boxes
-get no gradient (torchvision returns none for them either).
+*window*, the part of the map the box's samples touch; a box is then pooled as
+``Wy @ window @ Wx.T``. Boxes are batched by window size (sizes rounded up to 1, 2, 3,
+4, 6, 8, 12, ...), in chunks of at most ``_GATHER_BUDGET_ELEMENTS`` gathered values.
+Autograd's gradient with respect to the input scatters through the same weights, as
+torchvision's backward does. Boxes get no gradient (torchvision returns none either).
 
 On CUDA the products run through cuBLAS, so with ``torch.backends.cuda.matmul.allow_tf32``
 enabled they are TF32-accurate only; it is off by default.
@@ -42,7 +41,7 @@ except Exception:  # noqa: BLE001 - any import failure means: use the pure-PyTor
 #: Which implementation ``roi_align`` dispatches to: ``"torchvision"`` or ``"torch"``.
 ROI_ALIGN_BACKEND = "torchvision" if _torchvision_roi_align is not None else "torch"
 
-# Upper bound on the values gathered per chunk of boxes (windows and their 2-D weights);
+# Upper bound on the feature values gathered per chunk of boxes (box windows x channels);
 # 2**26 fp32 values = 256 MiB.
 _GATHER_BUDGET_ELEMENTS = 1 << 26
 
@@ -75,18 +74,13 @@ def roi_align(
         [K, C, oh, ow] in ``input``'s dtype. bf16/fp16 inputs are pooled in fp32
         (fp64 inputs in fp64) and cast back.
     """
-    if input.dim() != 4:
-        raise ValueError(f"roi_align expects input of shape [N, C, H, W], got {tuple(input.shape)}")
-    pooled_h, pooled_w = _pair(output_size)
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    rois = _as_rois(boxes).to(device=input.device, dtype=compute_dtype)
     features = input.to(compute_dtype)
+    rois, output_size = _checked_arguments(features, boxes, output_size)
     if ROI_ALIGN_BACKEND == "torchvision":
-        pooled = _torchvision_roi_align(
-            features, rois, (pooled_h, pooled_w), float(spatial_scale), int(sampling_ratio), bool(aligned)
-        )
+        pooled = _torchvision_roi_align(features, rois, output_size, float(spatial_scale), int(sampling_ratio), aligned)
     else:
-        pooled = roi_align_torch(features, rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned)
+        pooled = _roi_align_torch(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return pooled.to(input.dtype)
 
 
@@ -103,29 +97,53 @@ def roi_align_torch(
     Public so that it can be checked against torchvision where both exist; callers
     should use ``roi_align``.
     """
+    rois, output_size = _checked_arguments(input, boxes, output_size)
+    return _roi_align_torch(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def _checked_arguments(
+    input: torch.Tensor, boxes: torch.Tensor | Sequence[torch.Tensor], output_size: int | Sequence[int]
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[K, 5] rois on ``input``'s device and dtype, and (oh, ow); ``ValueError`` on bad input.
+
+    torchvision checks none of this (an out-of-range batch index reads foreign memory).
+    """
     if input.dim() != 4:
         raise ValueError(f"roi_align expects input of shape [N, C, H, W], got {tuple(input.shape)}")
     if not input.is_floating_point():
         raise ValueError(f"roi_align expects a floating-point input, got {input.dtype}")
-    pooled_h, pooled_w = _pair(output_size)
+    pooled_size = _pair(output_size)
     rois = _as_rois(boxes).to(device=input.device, dtype=input.dtype).detach()
+    if rois.shape[0] == 0:
+        return rois, pooled_size
+    if input.shape[2] == 0 or input.shape[3] == 0:
+        raise ValueError(f"roi_align got an empty feature map of size {input.shape[2]}x{input.shape[3]}")
+    finite = torch.isfinite(rois).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"roi_align got non-finite box coordinates in rows {(~finite).nonzero().flatten().tolist()}")
+    batch_index = rois[:, 0].long()  # truncation, like the kernel's int cast
+    if bool(((batch_index < 0) | (batch_index >= input.shape[0])).any()):
+        raise ValueError(
+            f"roi_align box batch indexes must lie in [0, {input.shape[0]}), got {sorted(set(batch_index.tolist()))}"
+        )
+    return rois, pooled_size
+
+
+def _roi_align_torch(
+    input: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> torch.Tensor:
+    pooled_h, pooled_w = output_size
     num_images, channels, height, width = input.shape
     num_rois = rois.shape[0]
-
     if num_rois == 0:
         # An empty result that is still part of the graph, so backward() works and gives zeros.
-        return input[:0, :, :1, :1].expand(0, channels, pooled_h, pooled_w)
-    if height == 0 or width == 0:
-        raise ValueError(f"roi_align got an empty feature map of size {height}x{width}")
-    if not torch.isfinite(rois).all():
-        bad = (~torch.isfinite(rois).all(dim=1)).nonzero().flatten().tolist()
-        raise ValueError(f"roi_align got non-finite box coordinates in rows {bad}")
-
-    batch_index = rois[:, 0].long()  # truncation, like the kernel's int cast
-    if bool(((batch_index < 0) | (batch_index >= num_images)).any()):
-        raise ValueError(
-            f"roi_align box batch indexes must lie in [0, {num_images}), got {sorted(set(batch_index.tolist()))}"
-        )
+        return input.reshape(-1)[:0].reshape(0, 1, 1, 1).expand(0, channels, pooled_h, pooled_w)
+    batch_index = rois[:, 0].long()
 
     scale = torch.tensor(spatial_scale, dtype=input.dtype, device=input.device)
     offset = 0.5 if aligned else 0.0
@@ -156,22 +174,19 @@ def roi_align_torch(
     for key in torch.unique(bucket_key).tolist():
         window_h, window_w = divmod(key, width + 1)
         rows_in_bucket = (bucket_key == key).nonzero().flatten()
-        chunk = max(1, _GATHER_BUDGET_ELEMENTS // (window_h * window_w * (channels + pooled_h * pooled_w)))
+        chunk = max(1, _GATHER_BUDGET_ELEMENTS // (window_h * window_w * channels))
         for rows in rows_in_bucket.split(chunk):
-            weights_y, origin_y = y_axis.window_weights(rows, window_h)
-            weights_x, origin_x = x_axis.window_weights(rows, window_w)
-            cell_y = batch_index[rows, None] * height + origin_y[:, None] + torch.arange(window_h, device=input.device)
-            cell_x = origin_x[:, None] + torch.arange(window_w, device=input.device)
+            cell_y = batch_index[rows, None] * height + y_axis.origin[rows, None] + y_axis.offsets[:window_h]
+            cell_x = x_axis.origin[rows, None] + x_axis.offsets[:window_w]
             cells = cell_y[:, :, None] * width + cell_x[:, None, :]
-            windows = flat.index_select(1, cells.flatten()).view(channels, len(rows), window_h * window_w)
-            # Per box: [C, h*w] @ [h*w, oh*ow] with the 2-D bilinear weights Wy (x) Wx; the
-            # batch runs over boxes, each a strided [C, h*w] slice of the gathered windows.
-            weights_2d = (weights_y[:, :, None, :, None] * weights_x[:, None, :, None, :]).reshape(
-                len(rows), pooled_h * pooled_w, window_h * window_w
-            )
-            pooled = torch.bmm(windows.transpose(0, 1), weights_2d.transpose(1, 2))  # [k, C, oh*ow]
-            pooled = pooled / count[rows][:, None, None]
-            pooled_parts.append(pooled.view(len(rows), channels, pooled_h, pooled_w))
+            windows = flat.index_select(1, cells.flatten()).view(channels, len(rows), window_h, window_w)
+            # Bilinear weights factor per axis, so a box pools as Wy @ window @ Wx^T. Batched
+            # over (channel, box) with the weights broadcast over channels, so that the large
+            # gathered tensor is never copied: [C, k, h, w] @ [k, w, ow] -> [C, k, h, ow], then
+            # [k, oh, h] @ [C, k, h, ow] -> [C, k, oh, ow].
+            pooled = torch.matmul(windows, x_axis.weights[rows, :, :window_w].transpose(1, 2))
+            pooled = torch.matmul(y_axis.weights[rows, :, :window_h], pooled)
+            pooled_parts.append(pooled.transpose(0, 1) / count[rows][:, None, None, None])
             part_rows.append(rows)
     order = torch.cat(part_rows)
     inverse = torch.empty_like(order)
@@ -204,32 +219,34 @@ class _AxisInterpolation:
         position = torch.where(at_edge, low.to(dtype), position)
         frac = position - low.to(dtype)
         zero = torch.zeros((), dtype=dtype, device=start.device)
-        self.weight_low = torch.where(valid, 1.0 - frac, zero)
-        self.weight_high = torch.where(valid, frac, zero)
-        self.low, self.high = low, high
+        weight_low = torch.where(valid, 1.0 - frac, zero)
+        weight_high = torch.where(valid, frac, zero)
 
         # The cells a box touches: [first, last]; boxes with no valid sample touch cell 0 only.
         any_valid = valid.flatten(1).any(dim=1)
         first = torch.where(valid, low, size).flatten(1).amin(dim=1)
         last = torch.where(valid, high, -1).flatten(1).amax(dim=1)
-        self.first = torch.where(any_valid, first, 0)
+        first = torch.where(any_valid, first, 0)
         span = torch.where(any_valid, last - first + 1, 1)
         # Round windows up to the next of 1, 2, 3, 4, 6, 8, 12, 16, ... so that boxes of similar
         # size share one bucket while gathering at most 50% more cells per axis than needed.
         power = torch.exp2(torch.floor(torch.log2(span.double()))).long()
         window = torch.where(span <= power, power, torch.where(2 * span <= 3 * power, 3 * power // 2, 2 * power))
         self.window = window.clamp_max(size)
-        self.size = size
 
-    def window_weights(self, rows: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights [k, bins, window] of the given boxes over their window, and its origin [k]."""
-        origin = self.first[rows].clamp_max(self.size - window)
-        low = (self.low[rows] - origin[:, None, None]).clamp(0, window - 1)
-        high = (self.high[rows] - origin[:, None, None]).clamp(0, window - 1)
-        index = torch.cat([low, high], dim=2)
-        value = torch.cat([self.weight_low[rows], self.weight_high[rows]], dim=2)
-        weights = value.new_zeros(len(rows), index.shape[1], window)
-        return weights.scatter_add_(2, index, value), origin
+        # Window origins, shifted left where a window would run past the end of the map.
+        self.origin = first.clamp_max(size - self.window)
+        self.offsets = torch.arange(size, device=start.device)
+
+        # Weights [K, bins, widest window] of every box over its own window; columns past a
+        # box's window stay 0, so a bucket slices them off. Indexes of invalid samples
+        # (weight 0) are clamped into the window.
+        last_column = (self.window - 1)[:, None, None]
+        local_low = torch.minimum((low - self.origin[:, None, None]).clamp_min(0), last_column)
+        local_high = torch.minimum((high - self.origin[:, None, None]).clamp_min(0), last_column)
+        weights = weight_low.new_zeros(len(start), bins, int(self.window.max()))
+        weights.scatter_add_(2, local_low, weight_low)
+        self.weights = weights.scatter_add_(2, local_high, weight_high)
 
 
 def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:

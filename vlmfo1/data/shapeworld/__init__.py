@@ -24,7 +24,7 @@ from vlmfo1.data.shapeworld.dataset import (
 from vlmfo1.data.shapeworld.proposals import BACKGROUND, DISTRACTOR, Proposals, build_proposals
 from vlmfo1.data.shapeworld.scene import Distractor, Scene, ShapeObject, generate_scene, scene_seeds
 from vlmfo1.data.shapeworld.tasks import Grounding, TaskSample, make_task_samples
-from vlmfo1.data.shapeworld.visualize import draw_scene
+from vlmfo1.data.shapeworld.visualize import draw_scene, side_by_side
 from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES, SIZES, TEXTURES, WORDS
 
 __all__ = [
@@ -32,5 +32,5 @@ __all__ = [
     "TEXTURES", "WORDS", "DatasetSummary", "Distractor", "Grounding", "Proposals", "Scene", "ShapeObject",
     "ShapeWorldConfig", "ShapeWorldExample", "TaskSample", "build_proposals", "coco_annotations",
     "coco_categories", "coco_dataset", "coco_image", "draw_scene", "encode_image", "generate_example",
-    "generate_scene", "make_task_records", "make_task_samples", "scene_seeds", "write_dataset",
+    "generate_scene", "make_task_records", "make_task_samples", "scene_seeds", "side_by_side", "write_dataset",
 ]

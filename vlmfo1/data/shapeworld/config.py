@@ -64,7 +64,7 @@ class ShapeWorldConfig:
     words: bool = True
     word_prob: float = 0.7  # share of medium/large circles, squares and hexagons that carry a word
 
-    image_format: str = "jpg"  # "jpg" (fast, quality 95, no chroma subsampling) or "png" (lossless, slow)
+    image_format: str = "jpg"  # "jpg" (fast; quality 90, no chroma subsampling) or "png" (lossless, slow)
 
     # --- proposals (the boxes region tokens stand for) -----------------------------------------
     max_proposals: int = prompts.MAX_REGIONS

@@ -95,7 +95,7 @@ def encode_image(scene: Scene, image_format: str) -> bytes:
     if image_format == "png":
         scene.image.save(buffer, format="PNG", compress_level=1)
     else:
-        scene.image.save(buffer, format="JPEG", quality=95, subsampling=0)
+        scene.image.save(buffer, format="JPEG", quality=90, subsampling=0)  # 4:4:4 keeps small shapes crisp
     return buffer.getvalue()
 
 
@@ -154,9 +154,9 @@ def _write_one(index: int) -> _Written:
     scene = example.scene
     (out_dir / scene.file_name).write_bytes(encode_image(scene, config.image_format))
     if index < _WORKER["previews"]:
-        from vlmfo1.data.shapeworld.visualize import draw_scene
+        from vlmfo1.data.shapeworld.visualize import side_by_side
 
-        draw_scene(scene, example.proposals).save(out_dir / "previews" / scene.split / f"{index:06d}.png")
+        side_by_side(scene, example.proposals).save(out_dir / "previews" / scene.split / f"{index:06d}.png")
     fo1 = example.fo1_records()
     coordinates = example.coordinate_records() if _WORKER["coordinates"] else []
     return _Written(

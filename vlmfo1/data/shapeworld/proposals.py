@@ -20,7 +20,7 @@ MAX_BACKGROUND_IOU = 0.3  # a background box overlaps every object and blob less
 
 @dataclass
 class Proposals:
-    boxes: list[list[float]]  # xyxy pixels
+    boxes: list[list[int]]  # xyxy whole pixels
     scores: list[float]
     object_ids: list[int]  # the scene object each box holds, or DISTRACTOR / BACKGROUND
 
@@ -61,8 +61,8 @@ def build_proposals(scene: Scene, rng: Draws, config: ShapeWorldConfig) -> Propo
     )
 
 
-def _jittered(box, rng: Draws, amount: float, scene: Scene) -> list[float]:
-    exact = [float(v) for v in box]
+def _jittered(box, rng: Draws, amount: float, scene: Scene) -> list[int]:
+    exact = [int(v) for v in box]
     if amount <= 0:
         return exact
     width, height = box[2] - box[0], box[3] - box[1]
@@ -71,13 +71,13 @@ def _jittered(box, rng: Draws, amount: float, scene: Scene) -> list[float]:
         y1 = min(max(0.0, box[1] + rng.normal(0, amount * height)), scene.height)
         x2 = min(max(0.0, box[2] + rng.normal(0, amount * width)), scene.width)
         y2 = min(max(0.0, box[3] + rng.normal(0, amount * height)), scene.height)
-        candidate = [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)]
-        if x2 - x1 >= 1 and y2 - y1 >= 1 and iou(candidate, box) >= MIN_JITTER_IOU:
+        candidate = [round(x1), round(y1), round(x2), round(y2)]
+        if candidate[2] > candidate[0] and candidate[3] > candidate[1] and iou(candidate, box) >= MIN_JITTER_IOU:
             return candidate
     return exact
 
 
-def _background_box(scene: Scene, rng: Draws, taken) -> list[float] | None:
+def _background_box(scene: Scene, rng: Draws, taken) -> list[int] | None:
     short_side = min(scene.width, scene.height)
     for _ in range(20):
         width = rng.uniform(0.05, 0.3) * short_side
@@ -85,7 +85,7 @@ def _background_box(scene: Scene, rng: Draws, taken) -> list[float] | None:
         if height >= scene.height:
             continue
         x1, y1 = rng.uniform(0, scene.width - width), rng.uniform(0, scene.height - height)
-        box = [round(x1, 1), round(y1, 1), round(x1 + width, 1), round(y1 + height, 1)]
+        box = [round(x1), round(y1), round(x1 + width), round(y1 + height)]
         if all(iou(box, other) < MAX_BACKGROUND_IOU for other in taken):
             return box
     return None

@@ -107,9 +107,6 @@ class Scene:
     def height(self) -> int:
         return self.image.height
 
-    def boxes(self) -> np.ndarray:
-        return np.array([obj.bbox for obj in self.objects], dtype=np.float64).reshape(-1, 4)
-
 
 def image_file_name(split: str, index: int, image_format: str = "jpg") -> str:
     return f"images/{split}/{index:06d}.{image_format}"
@@ -133,10 +130,10 @@ def generate_scene(config: ShapeWorldConfig | None = None, index: int = 0, seed:
     plan = _plan_scene(config, Draws(np.random.default_rng(scene_stream)))
     image, labels = _render(plan, config)
     objects = _measure(plan, labels)
-    hidden = [i for i, obj in enumerate(objects) if obj.visible_fraction < config.min_visible]
+    hidden = {i for i, obj in enumerate(objects) if obj.visible_fraction < config.min_visible}
     if hidden:
         # Dropping a shape only uncovers what lies under it, so one redraw settles it.
-        plan.shapes = [shape for i, shape in enumerate(plan.shapes) if i not in set(hidden)]
+        plan.shapes = [shape for i, shape in enumerate(plan.shapes) if i not in hidden]
         image, labels = _render(plan, config)
         objects = _measure(plan, labels)
     return Scene(
@@ -262,7 +259,6 @@ class _ScenePlan:
     shapes: list[_ShapePlan]
     noise_offset: tuple[int, int]
     requested: int
-    dropped: int = 0
 
 
 def _plan_scene(config: ShapeWorldConfig, rng: Draws) -> _ScenePlan:
@@ -323,18 +319,18 @@ def _plan_shapes(config: ShapeWorldConfig, rng: Draws, width: int, height: int, 
         # A scene that fills up tries smaller sizes before giving up on the object.
         for size_index in range(rng.weighted_index(config.size_weights), -1, -1):
             low, high = bands[SIZES[size_index]]
+            radius = rng.uniform(low, high) * short_side / 2
+            rotation = 0.0 if category in _ROUND_SHAPES else rng.uniform(-config.max_rotation, config.max_rotation)
+            offsets = _outline_offsets(category, radius, rotation)
+            if offsets is None:
+                left, top, right, bottom = -radius, -radius, radius, radius
+            else:
+                (left, top), (right, bottom) = offsets.min(axis=0).tolist(), offsets.max(axis=0).tolist()
+            x_low, x_high = 1 - left, width - 1 - right
+            y_low, y_high = 1 - top, height - 1 - bottom
+            if x_low >= x_high or y_low >= y_high:
+                continue  # too large for the image at this size
             for _attempt in range(_PLACEMENT_ATTEMPTS):
-                radius = rng.uniform(low, high) * short_side / 2
-                rotation = 0.0 if category in _ROUND_SHAPES else rng.uniform(-config.max_rotation, config.max_rotation)
-                offsets = _outline_offsets(category, radius, rotation)
-                if offsets is None:
-                    left, top, right, bottom = -radius, -radius, radius, radius
-                else:
-                    (left, top), (right, bottom) = offsets.min(axis=0).tolist(), offsets.max(axis=0).tolist()
-                x_low, x_high = 1 - left, width - 1 - right
-                y_low, y_high = 1 - top, height - 1 - bottom
-                if x_low >= x_high or y_low >= y_high:
-                    break  # too large for the image at this size
                 cx, cy = rng.uniform(x_low, x_high), rng.uniform(y_low, y_high)
                 box = (cx + left, cy + top, cx + right, cy + bottom)
                 overlaps = _overlaps_if_placed(config, shapes, box_areas, covered_areas, box, colour, word_boxes)
@@ -418,8 +414,7 @@ def _plan_surface(config: ShapeWorldConfig, rng: Draws, shape: _ShapePlan) -> No
         word = rng.choice(WORDS)
         font_size = _fitting_font_size(word, shape.radius)
         if font_size:
-            font = _font(font_size)
-            left, top, right, bottom = font.getbbox(word, anchor="mm")
+            left, top, right, bottom = _text_box(word, font_size, "mm")
             cx, cy = shape.center
             shape.word, shape.font_size = word, font_size
             shape.word_bbox = (math.floor(cx + left), math.floor(cy + top), math.ceil(cx + right), math.ceil(cy + bottom))
@@ -433,13 +428,18 @@ def _plan_surface(config: ShapeWorldConfig, rng: Draws, shape: _ShapePlan) -> No
 def _fitting_font_size(word: str, radius: float) -> int:
     """The largest font size at which `word` fits well inside a solid shape of `radius`; 0 if none."""
     # Glyph extents grow about linearly with the font size: start from the estimate, then step down.
-    left, top, right, bottom = _font(20).getbbox(word)
+    left, top, right, bottom = _text_box(word, 20, None)
     estimate = int(20 * min(1.2 * radius / (right - left), 0.6 * radius / (bottom - top))) + 1
     for size in range(min(40, estimate), _MIN_FONT_SIZE - 1, -1):
-        left, top, right, bottom = _font(size).getbbox(word)
+        left, top, right, bottom = _text_box(word, size, None)
         if right - left <= 1.2 * radius and bottom - top <= 0.6 * radius:
             return size
     return 0
+
+
+@functools.lru_cache(maxsize=8192)
+def _text_box(word: str, size: int, anchor: str | None) -> tuple[int, int, int, int]:
+    return _font(size).getbbox(word, anchor=anchor)
 
 
 @functools.lru_cache(maxsize=64)
@@ -453,16 +453,17 @@ def _plan_distractors(config, rng, width, height, shapes) -> list[_DistractorPla
     bands = config.size_bands()
     distractors = []
     for _ in range(count):
+        radius = rng.uniform(bands["small"][0], bands["large"][1]) * min(width, height) / 2
+        lobe2, lobe3 = rng.uniform(0.15, 0.35), rng.uniform(0.15, 0.35)
+        phase2, phase3 = rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
+        squash = rng.uniform(0.6, 1.0)
+        radii = radius * (1 + lobe2 * np.sin(2 * _BLOB_ANGLES + phase2) + lobe3 * np.sin(3 * _BLOB_ANGLES + phase3))
+        offsets = np.stack([np.cos(_BLOB_ANGLES) * radii, np.sin(_BLOB_ANGLES) * radii * squash], axis=1)
+        (left, top), (right, bottom) = offsets.min(axis=0).tolist(), offsets.max(axis=0).tolist()
+        if right - left >= width - 2 or bottom - top >= height - 2:
+            continue
+        # A blob that finds no free spot is left out: blobs are decoys, their number is random anyway.
         for _attempt in range(_PLACEMENT_ATTEMPTS):
-            radius = rng.uniform(bands["small"][0], bands["large"][1]) * min(width, height) / 2
-            lobe2, lobe3 = rng.uniform(0.15, 0.35), rng.uniform(0.15, 0.35)
-            phase2, phase3 = rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
-            squash = rng.uniform(0.6, 1.0)
-            radii = radius * (1 + lobe2 * np.sin(2 * _BLOB_ANGLES + phase2) + lobe3 * np.sin(3 * _BLOB_ANGLES + phase3))
-            offsets = np.stack([np.cos(_BLOB_ANGLES) * radii, np.sin(_BLOB_ANGLES) * radii * squash], axis=1)
-            (left, top), (right, bottom) = offsets.min(axis=0).tolist(), offsets.max(axis=0).tolist()
-            if right - left >= width - 2 or bottom - top >= height - 2:
-                continue
             cx, cy = rng.uniform(1 - left, width - 1 - right), rng.uniform(1 - top, height - 1 - bottom)
             box = (cx + left, cy + top, cx + right, cy + bottom)
             # Blobs lie under the shapes: keep most of each blob in view, and never let its box
@@ -503,11 +504,13 @@ def _render(plan: _ScenePlan, config: ShapeWorldConfig) -> tuple[Image.Image, np
     labels = Image.new("L", (plan.width, plan.height), 0)
     label_draw = ImageDraw.Draw(labels)
     for i, shape in enumerate(plan.shapes):
-        outline = ink(_darker(shape.rgb, 0.4)) if shape.outline else None
-        _draw_shape(draw, shape, ink(shape.rgb), outline)
-        _draw_shape(label_draw, shape, i + 1, i + 1 if shape.outline else None)
+        _draw_fill(draw, shape, ink(shape.rgb))
+        _draw_fill(label_draw, shape, i + 1)
         if shape.texture != "plain":
-            _paint_texture(image, shape, ink(_darker(shape.rgb, 0.6)), plan.width, plan.height)
+            _paint_texture(image, labels, i + 1, shape, ink(_darker(shape.rgb, 0.6)))
+        if shape.outline:
+            _draw_outline(draw, shape, ink(_darker(shape.rgb, 0.4)))
+            _draw_outline(label_draw, shape, i + 1)
         if shape.word:
             text_ink = (20, 20, 20) if _luminance(shape.rgb) > 140 else (245, 245, 245)
             draw.text(shape.center, shape.word, fill=ink(text_ink), font=_font(shape.font_size), anchor="mm")
@@ -518,35 +521,31 @@ def _render(plan: _ScenePlan, config: ShapeWorldConfig) -> tuple[Image.Image, np
     return image, np.asarray(labels)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: _ShapePlan, fill, outline) -> None:
-    # Fill and outline are separate calls: Pillow skips an outline whose ink equals the fill, and
-    # the label map draws both with the shape's id, so it must take the same path as the image.
+def _draw_fill(draw: ImageDraw.ImageDraw, shape: _ShapePlan, fill) -> None:
     if shape.category == "ring":
         draw.ellipse(shape.box, outline=fill, width=_ring_width(shape.radius))
-        return
-    width = _outline_width(shape.radius)
-    if shape.category == "circle":
+    elif shape.category == "circle":
         draw.ellipse(shape.box, fill=fill)
-        if outline is not None:
-            draw.ellipse(shape.box, outline=outline, width=width)
     else:
-        points = shape.points.ravel().tolist()
-        draw.polygon(points, fill=fill)
-        if outline is not None:
-            draw.polygon(points, outline=outline, width=width)
+        draw.polygon(shape.points.ravel().tolist(), fill=fill)
 
 
-def _paint_texture(image: Image.Image, shape: _ShapePlan, colour, width: int, height: int) -> None:
+def _draw_outline(draw: ImageDraw.ImageDraw, shape: _ShapePlan, outline) -> None:
+    # A separate call from the fill: Pillow skips an outline whose ink equals the fill, and the
+    # label map draws both with the shape's id, so it must take the same path as the image.
+    if shape.category == "circle":
+        draw.ellipse(shape.box, outline=outline, width=_outline_width(shape.radius))
+    elif shape.category != "ring":
+        draw.polygon(shape.points.ravel().tolist(), outline=outline, width=_outline_width(shape.radius))
+
+
+def _paint_texture(image: Image.Image, labels: Image.Image, label: int, shape: _ShapePlan, colour) -> None:
+    """Stripes or dots over the shape's fill, exactly where the label map says the shape is."""
     x1, y1 = int(math.floor(shape.box[0])), int(math.floor(shape.box[1]))
     x2, y2 = int(math.ceil(shape.box[2])) + 1, int(math.ceil(shape.box[3])) + 1
-    mask = Image.new("L", (x2 - x1, y2 - y1), 0)
-    inside = ImageDraw.Draw(mask)
-    if shape.category == "circle":
-        inside.ellipse([shape.box[0] - x1, shape.box[1] - y1, shape.box[2] - x1, shape.box[3] - y1], fill=255)
-    else:
-        inside.polygon((shape.points - (x1, y1)).ravel().tolist(), fill=255)
-    pattern = _pattern(shape.texture, width, height).crop((x1, y1, x2, y2))
-    image.paste(colour, (x1, y1, x2, y2), ImageChops.multiply(mask, pattern))
+    inside = labels.crop((x1, y1, x2, y2)).point([255 if value == label else 0 for value in range(256)])
+    pattern = _pattern(shape.texture, image.width, image.height).crop((x1, y1, x2, y2))
+    image.paste(colour, (x1, y1, x2, y2), ImageChops.multiply(inside, pattern))
 
 
 @functools.lru_cache(maxsize=16)
@@ -627,5 +626,8 @@ def _pixels_alone(shape: _ShapePlan, x1: int, y1: int, x2: int, y2: int) -> int:
         box=(shape.box[0] - x1, shape.box[1] - y1, shape.box[2] - x1, shape.box[3] - y1),
         points=None if shape.points is None else shape.points - (x1, y1),
     )
-    _draw_shape(ImageDraw.Draw(mask), moved, 1, 1 if shape.outline else None)
+    draw = ImageDraw.Draw(mask)
+    _draw_fill(draw, moved, 1)
+    if shape.outline:
+        _draw_outline(draw, moved, 1)
     return max(1, int(np.count_nonzero(np.asarray(mask))))

@@ -26,7 +26,6 @@ from vlmfo1.data.shapeworld.language import (
     brief_description,
     counted,
     detailed_description,
-    join_list,
 )
 from vlmfo1.data.shapeworld.proposals import DISTRACTOR, Proposals
 from vlmfo1.data.shapeworld.sampling import Draws

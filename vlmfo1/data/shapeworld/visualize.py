@@ -28,6 +28,17 @@ def draw_scene(scene: Scene, proposals: Proposals | None = None, scale: int = 2)
     return canvas
 
 
+def side_by_side(scene: Scene, proposals: Proposals | None = None, scale: int = 2) -> Image.Image:
+    """The plain scene (what a model sees) next to `draw_scene`'s annotated copy."""
+    annotated = draw_scene(scene, proposals, scale)
+    plain = scene.image.resize(annotated.size, Image.Resampling.NEAREST)
+    gap = 4 * scale
+    canvas = Image.new("RGB", (2 * annotated.width + gap, annotated.height), (255, 255, 255))
+    canvas.paste(plain, (0, 0))
+    canvas.paste(annotated, (annotated.width + gap, 0))
+    return canvas
+
+
 def _tag(draw: ImageDraw.ImageDraw, corner, text: str, font) -> None:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     x, y = corner[0], max(0, corner[1] - (bottom - top) - 3)
