@@ -1,11 +1,12 @@
 """Time vlmfo1's RoIAlign on FO1-sized maps; prints milliseconds per call.
 
-    python benchmarks/roi_align_speed.py [--device cuda] [--boxes 100] [--repeats 3]
+    python benchmarks/roi_align_speed.py [--device cuda] [--boxes 100] [--repeats 3] [--threads N]
 
 Maps: the DaViT-large aux map of a 768x768 image (3840 x 192 x 192, scale 1/4) and one
 SimpleFP level of a ~1000x750 primary image (512 x 54 x 72, scale 1/14). Boxes are
 100 proposals with log-uniform sides from 16 px to 60% of the image.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--boxes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     print(f"roi_align backend: {roi_align_backend()}; torch threads: {torch.get_num_threads()}; device: {args.device}")
     for name, (channels, height, width, scale) in {
@@ -60,7 +64,9 @@ def main() -> None:
             features.grad = None
 
         backward_ms = timed(forward_backward, args.repeats, args.device)
-        line = f"{name}, {args.boxes} boxes: pure-torch forward {forward_ms:.0f} ms, forward+backward {backward_ms:.0f} ms"
+        line = (
+            f"{name}, {args.boxes} boxes: pure-torch forward {forward_ms:.0f} ms, forward+backward {backward_ms:.0f} ms"
+        )
         if roi_align_backend() == "torchvision":
             with torch.no_grad():
                 line += f"; torchvision forward {timed(lambda: roi_align(features, rois, 7, scale), args.repeats, args.device):.0f} ms"

@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "vlmfo1.cli.convert",
     "vlmfo1.cli.evaluate",
     "vlmfo1.cli.data",
+    "vlmfo1.cli.infer",
+    "vlmfo1.cli.propose",
 ]
 
 

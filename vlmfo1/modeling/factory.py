@@ -21,6 +21,8 @@ SIZES = {
     "tiny": (32, 2, 4, 2, 32, 4, 2, (16, 32, 64, 128), 16),
     "small": (128, 4, 4, 2, 64, 4, 4, (32, 64, 128, 256), 64),
     "mid": (512, 8, 8, 4, 256, 8, 4, (64, 128, 256, 512), 128),
+    # The bundled ShapeWorld demo model (vlmfo1/assets/shapeworld-fo1): trains on a CPU in minutes.
+    "demo": (160, 4, 4, 2, 64, 4, 4, (24, 48, 96, 192), 32),
 }
 
 

@@ -11,9 +11,10 @@ Regions come from the pipeline's proposer unless `boxes` (xyxy, original pixels;
 `scores`) are given. `run` answers many task requests together: calls on different images are
 batched, questions on one image share its encoded prefix (see `generation`).
 
-More than `max_regions` (100) regions: grounded tasks (detect, refer, count, detect_like) and
-per-region tasks (caption, ocr) split them into chunks and merge (`chunking`); free-text tasks
-(ask, grounded_caption, reason, chat) cannot merge answers across chunks and raise a ValueError.
+More than `max_regions` (100) regions: grounded tasks (detect, refer, count, detect_like,
+detect_everything) and per-region tasks (caption, ocr) split them into chunks and merge
+(`chunking`); free-text tasks (ask, grounded_caption, reason, chat) cannot merge answers across
+chunks and raise a ValueError.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ from vlmfo1.processing.image_processing import ImageInput, clip_boxes, load_imag
 BUNDLED_MODELS = {"shapeworld": Path(__file__).resolve().parents[1] / "assets" / "shapeworld-fo1"}
 DEFAULT_PROPOSER = "selective-search"
 
-TASKS = ("detect", "refer", "count", "caption", "ocr", "ask", "detect_like", "grounded_caption", "reason", "chat")
+TASKS = (
+    "detect", "refer", "count", "caption", "ocr", "ask", "detect_like", "detect_everything", "grounded_caption", "reason", "chat",
+)
 # How a task's answers are combined (see `_Plan`).
 _GROUNDED, _PER_REGION, _FREE = "grounded", "per_region", "free"
 
@@ -114,6 +117,7 @@ class FO1Pipeline:
         self.model = model.eval()
         self.processor = processor
         self.proposer = resolve_proposer(proposer)
+        self.proposer_name = proposer if isinstance(proposer, str) else type(proposer).__name__
         self.score_mode = check_score_mode(score)
         self.dedupe_iou = dedupe_iou
         self.generator = FO1Generator(model, processor, max_new_tokens, batch_size, reuse_prefix)
@@ -175,6 +179,10 @@ class FO1Pipeline:
         (and is in every chunk); the other regions follow."""
         return self.run([TaskRequest("detect_like", image, dict(reference_box=reference_box, boxes=boxes, scores=scores))])[0]
 
+    def detect_everything(self, image: ImageInput, *, boxes=None, scores=None) -> FO1Result:
+        """Every object the model recognises, with the labels it gives them."""
+        return self.run([TaskRequest("detect_everything", image, dict(boxes=boxes, scores=scores))])[0]
+
     def grounded_caption(self, image: ImageInput, *, boxes=None, scores=None) -> FO1Result:
         return self.run([TaskRequest("grounded_caption", image, dict(boxes=boxes, scores=scores))])[0]
 
@@ -212,11 +220,16 @@ class FO1Pipeline:
         image = load_image(request.image)
         task = request.task
         if task == "detect_like":
-            proposals = self._regions(image, boxes, scores, reference=args["reference_box"])
+            proposals = self._regions(image, request.image, boxes, scores, reference=args["reference_box"])
             return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.visual_prompt_detection_prompt([0])], number, pinned=[0])
-        proposals = self._regions(image, boxes, scores)
+        asked = {
+            "detect": lambda: parse_categories(args["categories"]),
+            "count": lambda: [args["category"]],
+            "refer": lambda: [args["expression"]],
+        }.get(task, lambda: None)()
+        proposals = self._regions(image, request.image, boxes, scores, prompts_for_proposer=asked)
         if task == "detect":
-            categories = parse_categories(args["categories"])
+            categories = asked
             if args.get("per_category"):
                 plan = self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(c) for c in categories], number, labels=categories)
             else:
@@ -227,6 +240,8 @@ class FO1Pipeline:
             return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(args["expression"])], number)
         if task == "count":
             return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.counting_prompt(args["category"])], number)
+        if task == "detect_everything":
+            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detect_everything_prompt()], number)
         if task in ("caption", "ocr"):
             make_prompt = prompts.ocr_prompt if task == "ocr" else (
                 prompts.detailed_caption_prompt if args.get("detailed") else prompts.brief_caption_prompt
@@ -291,7 +306,7 @@ class FO1Pipeline:
             size = (0, 0)
         else:
             image = load_image(request.image)
-            proposals = self._regions(image, boxes, scores)
+            proposals = self._regions(image, request.image, boxes, scores)
             self._check_fits("chat", proposals)
             size = image.size
         query = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
@@ -305,13 +320,21 @@ class FO1Pipeline:
                 "answer cannot be merged across chunks; pass at most that many boxes (or a proposer with a lower top-k)"
             )
 
-    def _regions(self, image: Image.Image, boxes, scores, reference: Sequence[float] | None = None) -> ProposalSet:
-        """The proposer's regions, or the given boxes, clipped to the image; `reference` goes first."""
+    def _regions(
+        self,
+        image: Image.Image,
+        source: ImageInput,
+        boxes,
+        scores,
+        prompts_for_proposer: Sequence[str] | None = None,
+        reference: Sequence[float] | None = None,
+    ) -> ProposalSet:
+        """The proposer's regions, or the given boxes, clipped to the image; `reference` goes first.
+        `source` (the caller's image input) names the image for proposers that look boxes up by path;
+        text-prompted proposers get `prompts_for_proposer` (the categories asked)."""
         width, height = image.size
         if boxes is None:
-            if self.proposer is None:
-                raise ValueError("this pipeline has no proposer: pass boxes=[[x1, y1, x2, y2], ...]")
-            proposals = proposals_from_output(self.proposer(image), getattr(self.proposer, "name", type(self.proposer).__name__))
+            proposals = self._propose(image, source, prompts_for_proposer)
         else:
             proposals = ProposalSet(clip_boxes(boxes, width, height).tolist(), _check_scores(scores, len(boxes)))
         proposals.boxes = clip_boxes(proposals.boxes, width, height).tolist() if len(proposals) else []
@@ -331,6 +354,17 @@ class FO1Pipeline:
             source=proposals.source,
             masks=masks,
         )
+
+    def _propose(self, image: Image.Image, source: ImageInput, categories: Sequence[str] | None) -> ProposalSet:
+        from vlmfo1.proposals import Proposer
+
+        if self.proposer is None:
+            raise ValueError("this pipeline has no proposer: pass boxes=[[x1, y1, x2, y2], ...]")
+        if not isinstance(self.proposer, Proposer):
+            return proposals_from_output(self.proposer(image), self.proposer_name)
+        image_id = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        prompted = categories if categories and self.proposer.accepts_prompts else None
+        return proposals_from_output(self.proposer(image, image_id=image_id, prompts=prompted), self.proposer_name)
 
     # -- answers -----------------------------------------------------------------------------
     def _finish(self, plan: _Plan, generations: Sequence[Generated]) -> FO1Result:
@@ -420,6 +454,14 @@ class FO1Pipeline:
         )
 
 
+def _as_numpy(value):
+    if value is None:
+        return None
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
 def _check_scores(scores, count: int) -> list[float] | None:
     if scores is None:
         return None
@@ -446,15 +488,17 @@ def proposals_from_output(output: Any, source: str) -> ProposalSet:
         scores=_check_scores(scores, len(boxes)),
         labels=None if labels is None else [str(label) for label in labels],
         source=source,
-        masks=getattr(output, "masks", None),
+        masks=_as_numpy(getattr(output, "masks", None)),
     )
 
 
 def resolve_proposer(proposer: Callable[[Image.Image], Any] | str | None):
+    """None, a callable (a `vlmfo1.proposals.Proposer` or any image -> proposals function), or a
+    proposer spec for `vlmfo1.proposals.build_proposer` ("selective-search", "user:boxes.json", ...)."""
     if proposer is None or callable(proposer):
         return proposer
     if isinstance(proposer, str):
-        from vlmfo1 import proposals as proposal_registry
+        from vlmfo1.proposals import build_proposer
 
-        return proposal_registry.get_proposer(proposer)
+        return build_proposer(proposer)
     raise TypeError(f"proposer must be a name, a callable or None, got {type(proposer).__name__}")

@@ -1,0 +1,58 @@
+"""Speed and recall@100 of the classical proposers on generated scenes at 320, 640 and 1280 px.
+
+    python benchmarks/proposals.py                       # both proposers, 20 scenes per setting
+    python benchmarks/proposals.py --proposers contours --scenes 5
+
+Prints, per proposer, image width and scene kind (plain / cluttered background): images/s,
+proposals/s (boxes returned per second), mean proposals per image, and recall@100 at IoU 0.5
+(share of objects matched by one of the first 100 proposals). Scenes: `vlmfo1.proposals.scenes`
+(4:3 images, 3-8 well-separated shapes each).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from vlmfo1.proposals import build_proposer
+from vlmfo1.proposals.scenes import make_scene, recall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--proposers", nargs="+", default=["selective-search", "contours"])
+    parser.add_argument("--widths", nargs="+", type=int, default=[320, 640, 1280])
+    parser.add_argument("--scenes", type=int, default=20, help="scenes per (width, kind)")
+    parser.add_argument("--top-k", type=int, default=100)
+    args = parser.parse_args()
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    print(f"{'proposer':<18}{'width':>6} {'scenes':<10}{'img/s':>8}{'props/s':>10}{'props/img':>10}{'recall@' + str(args.top_k):>12}")
+    for spec in args.proposers:
+        proposer = build_proposer(spec, postprocess={"top_k": args.top_k})
+        proposer.propose(make_scene(0, (320, 240))[0])  # warm-up: imports, thread pools
+        for width in args.widths:
+            size = (width, width * 3 // 4)
+            for clutter in (False, True):
+                scenes = [make_scene(seed, size, clutter=clutter) for seed in range(args.scenes)]
+                recalls, counts = [], []
+                start = time.perf_counter()
+                for image, boxes in scenes:
+                    proposals = proposer.propose(image)
+                    counts.append(len(proposals))
+                    recalls.append(recall(boxes, proposals.boxes, iou=0.5))
+                elapsed = time.perf_counter() - start
+                kind = "cluttered" if clutter else "plain"
+                print(
+                    f"{spec:<18}{width:>6} {kind:<10}{len(scenes) / elapsed:>8.2f}{sum(counts) / elapsed:>10.0f}"
+                    f"{np.mean(counts):>10.1f}{np.mean(recalls):>12.3f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

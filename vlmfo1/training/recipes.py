@@ -1,0 +1,352 @@
+"""The recipe of the bundled ShapeWorld demo model (`vlmfo1/assets/shapeworld-fo1`), end to end on a CPU.
+
+No small pre-trained VLM exists offline, so the recipe makes its own base VLM first:
+
+1. data: a ShapeWorld train split (the `train` preset) and a held-out split of new scenes;
+2. a byte-level BPE tokenizer trained on ShapeWorld text (Qwen's special tokens + the FO1 tokens);
+3. **stage 0** (stands in for the base VLM's pre-training): a random `demo`-size FO1 learns
+   image-level ShapeWorld questions ("Is there a blue square in this image?") with no regions;
+   ViT, merger and LLM train;
+4. **stage 1**: region-language alignment (the `stage1` preset's groups: region encoder, connector,
+   FO1 token rows; everything else frozen);
+5. **stage 2**: region tasks + image questions against forgetting (the `stage2` preset's groups);
+6. evaluation on the held-out split with `vlmfo1.evaluation`: COCO bbox mAP of the "detect
+   everything" answers (box = proposal box, score = proposal score), counting accuracy, and the
+   ShapeWorld grounding scores of detection and REC.
+
+Every stage runs through `vlmfo1.training.trainer.train`, the same code path as `vlmfo1 train`.
+Learning rates are larger than the presets' (1e-5 in stage 2 is for a pre-trained 3B model; a
+3.7M-parameter model trained for a few hundred steps needs more). `vlmfo1 train-demo --out DIR`
+runs it; `recipe.json` and `metrics.json` in DIR record every setting, wall times and scores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from vlmfo1.data.records import FO1Record, read_records, write_records
+
+REGION_TASKS_STAGE1 = {
+    "detection": 3,
+    "counting": 2,
+    "rec": 1,
+    "detect_everything": 2,
+    "region_caption_brief": 1,
+    "visual_prompt_detection": 1,
+}
+
+
+@dataclass
+class StagePlan:
+    tasks: dict[str, int]  # records per scene and task (ShapeWorld `task_counts`)
+    steps: int
+    learning_rate: float
+    batch_size: int = 8
+    warmup: float = 0.05  # share of the steps
+
+
+@dataclass
+class DemoRecipe:
+    seed: int = 0
+    train_scenes: int = 1500
+    eval_scenes: int = 150
+    eval_split: str = "val"
+    eval_preset: str = "train"  # the held-out scenes are new scenes of the training distribution
+    size: str = "demo"
+    tokenizer_vocab: int = 1024
+    tokenizer_scenes: int = 400
+    aux_image_size: int = 192
+    max_pixels: int = 224 * 224
+    threads: int | None = None
+    stage0: StagePlan = field(default_factory=lambda: StagePlan({"image_qa": 4}, steps=500, learning_rate=2e-3, batch_size=8))
+    stage1: StagePlan = field(default_factory=lambda: StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3))
+    stage2: StagePlan = field(
+        default_factory=lambda: StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4)
+    )
+    eval_tasks: tuple[str, ...] = ("detect_everything", "counting", "detection", "rec")
+    max_new_tokens: int = 96
+    eval_batch_size: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def quick(cls, **overrides) -> "DemoRecipe":
+        """A few steps of everything: checks the recipe runs (tests), proves nothing about quality."""
+        settings: dict[str, Any] = dict(
+            size="tiny", train_scenes=12, eval_scenes=4, tokenizer_scenes=20, tokenizer_vocab=400,
+            stage0=StagePlan({"image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
+            stage1=StagePlan({"detection": 1, "counting": 1}, steps=2, learning_rate=1e-3, batch_size=2),
+            stage2=StagePlan({"detection": 1, "counting": 1, "image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
+            max_new_tokens=8,
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+
+def all_tasks(recipe: DemoRecipe) -> dict[str, int]:
+    """Records per scene for the train split: the most any stage asks of each task."""
+    counts: dict[str, int] = {}
+    for plan in (recipe.stage0, recipe.stage1, recipe.stage2):
+        for task, n in plan.tasks.items():
+            counts[task] = max(counts.get(task, 0), n)
+    return counts
+
+
+def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The ShapeWorld splits and one records file per stage (`stage{N}.fo1.jsonl`, same folder)."""
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    train_config = ShapeWorldConfig.train(task_counts=all_tasks(recipe))
+    train = write_dataset(data_dir, n=recipe.train_scenes, seed=recipe.seed, split="train", config=train_config,
+                          workers=workers, coordinates=False)
+    log(f"data: train {train.images} scenes, records {train.records}")
+    eval_config = ShapeWorldConfig.preset(recipe.eval_preset, task_counts={t: 1 for t in recipe.eval_tasks})
+    held_out = write_dataset(data_dir, n=recipe.eval_scenes, seed=recipe.seed + 1, split=recipe.eval_split,
+                             config=eval_config, workers=workers, coordinates=False)
+    log(f"data: {recipe.eval_split} {held_out.images} scenes, records {held_out.records}")
+    records = list(read_records(data_dir / "train.fo1.jsonl"))
+    for number, plan in enumerate((recipe.stage0, recipe.stage1, recipe.stage2)):
+        write_records(data_dir / f"stage{number}.fo1.jsonl", _take_tasks(records, plan.tasks))
+    return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
+
+
+def _take_tasks(records: Sequence[FO1Record], tasks: dict[str, int]) -> list[FO1Record]:
+    """Each scene's first `tasks[t]` records of task t (rejection records count as detection)."""
+    taken, seen = [], {}
+    for record in records:
+        task = "detection" if record.task == "rejection" else record.task
+        scene = record.meta.get("scene_index")
+        key = (scene, task)
+        if seen.get(key, 0) < tasks.get(task, 0):
+            seen[key] = seen.get(key, 0) + 1
+            taken.append(record)
+    return taken
+
+
+def stage_config(recipe: DemoRecipe, number: int, data_dir: Path, out_dir: Path, init_from: Path | None) -> dict[str, Any]:
+    from vlmfo1.training.stages import STAGES
+
+    plan = (recipe.stage0, recipe.stage1, recipe.stage2)[number]
+    model: dict[str, Any]
+    if init_from is None:
+        model = {"tiny": {"size": recipe.size, "tokenizer": str(data_dir.parent / "tokenizer"),
+                          "aux_image_size": recipe.aux_image_size, "max_pixels": recipe.max_pixels}}
+    else:
+        model = {"init_from": str(init_from)}
+    return {
+        "stage": STAGES[str(number)].to_dict(),
+        "model": model,
+        "data": {"train": [{"records": str(data_dir / f"stage{number}.fo1.jsonl")}], "shuffle_regions": True},
+        "training": {
+            "output_dir": str(out_dir),
+            "max_steps": plan.steps,
+            "learning_rate": plan.learning_rate,
+            "per_device_train_batch_size": plan.batch_size,
+            "warmup_steps": plan.warmup,
+            "lr_scheduler_type": "cosine",
+            "weight_decay": 0.0,
+            "logging_steps": 10,
+            "save_steps": max(plan.steps // 2, 1),
+            "save_total_limit": 1,
+            "report_to": "none",
+            "seed": recipe.seed,
+            "dataloader_num_workers": 0,
+            "disable_tqdm": True,
+        },
+        "threads": recipe.threads,
+    }
+
+
+def run_demo_recipe(
+    out_dir: str | os.PathLike, recipe: DemoRecipe | None = None, log: Callable[[str], None] = print, resume: bool = True
+) -> dict[str, Any]:
+    """Runs the whole recipe into `out_dir` (data/, tokenizer/, stage0..2/, model/, eval/) and returns
+    the report also written to `out_dir/recipe.json`. With `resume`, finished stages are kept and an
+    interrupted stage continues from its last checkpoint."""
+    from vlmfo1.training.tiny import shapeworld_corpus, train_small_tokenizer
+    from vlmfo1.training.trainer import train
+
+    recipe = recipe or DemoRecipe()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / "data"
+    report: dict[str, Any] = {"recipe": recipe.to_dict(), "machine": _machine(), "wall_seconds": {}}
+    start = time.perf_counter()
+
+    t = time.perf_counter()
+    if not (data_dir / "stage2.fo1.jsonl").exists() or not resume:
+        report["data"] = make_data(recipe, data_dir, log)
+    report["wall_seconds"]["data"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    tokenizer_dir = out / "tokenizer"
+    if not (tokenizer_dir / "tokenizer.json").exists() or not resume:
+        tokenizer = train_small_tokenizer(shapeworld_corpus(recipe.tokenizer_scenes, seed=recipe.seed + 12345),
+                                          vocab_size=recipe.tokenizer_vocab)
+        tokenizer.save_pretrained(str(tokenizer_dir))
+    report["wall_seconds"]["tokenizer"] = round(time.perf_counter() - t, 1)
+
+    init_from = None
+    report["losses"] = {}
+    for number in range(3):
+        stage_dir = out / f"stage{number}"
+        t = time.perf_counter()
+        if resume and (stage_dir / "fo1_stage.json").exists():
+            log(f"stage {number}: already trained in {stage_dir}")
+        else:
+            log(f"stage {number}: training into {stage_dir}")
+            result = train(stage_config(recipe, number, data_dir, stage_dir, init_from), resume="auto" if resume else None)
+            report["losses"][f"stage{number}"] = result.losses
+            log(f"stage {number}: {result.global_step} steps, losses {result.losses[:2]} ... {result.losses[-2:]}")
+        report["wall_seconds"][f"stage{number}"] = round(time.perf_counter() - t, 1)
+        init_from = stage_dir
+
+    model_dir = out / "model"
+    export_model(init_from, model_dir)
+    t = time.perf_counter()
+    report["metrics"] = evaluate_shapeworld(model_dir, data_dir, recipe.eval_split, out / "eval",
+                                            tasks=recipe.eval_tasks, max_new_tokens=recipe.max_new_tokens,
+                                            batch_size=recipe.eval_batch_size, log=log)
+    report["wall_seconds"]["eval"] = round(time.perf_counter() - t, 1)
+    report["wall_seconds"]["total"] = round(time.perf_counter() - start, 1)
+    (out / "recipe.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def export_model(trained_dir: Path, model_dir: Path) -> Path:
+    """The loadable files of a trained stage folder (no checkpoints, no optimizer state)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for path in trained_dir.iterdir():
+        if path.is_file() and path.name != "training_args.bin":
+            shutil.copy2(path, model_dir / path.name)
+    return model_dir
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on a ShapeWorld split
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_answers(model, processor, records: Sequence[FO1Record], image_root: Path, max_new_tokens: int = 96,
+                     batch_size: int = 8) -> dict[str, str]:
+    """Greedy answers of `model` to each record's question, with the record's proposals as regions."""
+    from vlmfo1.processing.image_processing import load_image
+
+    model.eval()
+    answers: dict[str, str] = {}
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        inputs = processor(
+            images=[load_image(image_root / r.image) for r in batch],
+            boxes=[r.bbox_list for r in batch],
+            text=[r.prompt for r in batch],
+        )
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        for record, ids in zip(batch, generated[:, inputs["input_ids"].shape[1]:]):
+            answers[record.id] = processor.tokenizer.decode(ids, skip_special_tokens=False).split("<|im_end|>")[0]
+    return answers
+
+
+def evaluate_shapeworld(
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str,
+    out_dir: str | os.PathLike | None = None,
+    tasks: Sequence[str] = ("detect_everything", "counting", "detection", "rec"),
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    limit: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Held-out scores of a model folder on a ShapeWorld split, with `vlmfo1.evaluation`:
+
+    * `detection_map`: COCO bbox AP (pycocotools) of the "detect everything" answers against the
+      split's COCO file — each region named under a shape label is a detection with the proposal's
+      box and score;
+    * `counting`: exact-match accuracy of the counting answers (SPEC §5 protocol);
+    * `shapeworld`: the ShapeWorld task's own scores (region-index F1 etc.) for every task asked.
+    """
+    from vlmfo1.evaluation.metrics.detection import coco_bbox_map, detections_to_coco_results
+    from vlmfo1.evaluation.tasks import get_task
+    from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
+    from vlmfo1.parsing import parse_answer
+    from vlmfo1.processing.processing_fo1 import FO1Processor
+
+    data_dir = Path(data_dir)
+    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir))
+    processor = FO1Processor.from_pretrained(model_dir)
+    records = [r for r in read_records(data_dir / f"{split}.fo1.jsonl") if _task_name(r) in tasks]
+    if limit is not None:
+        records = records[:limit]
+    start = time.perf_counter()
+    answers = generate_answers(model, processor, records, data_dir, max_new_tokens, batch_size)
+    seconds = time.perf_counter() - start
+    log(f"eval: {len(records)} answers in {seconds:.0f} s")
+
+    report: dict[str, Any] = {"split": split, "num_records": len(records), "generation_seconds": round(seconds, 1)}
+    shapeworld = get_task("shapeworld")
+    dataset = shapeworld.load(data_dir, None, split)
+    wanted = {r.id for r in records}
+    dataset = dataclasses.replace(dataset, items=[item for item in dataset.items if item.id in wanted])
+    report["shapeworld"] = shapeworld.score(dataset, {rid: {"id": rid, "answer": a} for rid, a in answers.items()})["metrics"]
+
+    coco = json.loads((data_dir / f"{split}.coco.json").read_text())
+    category_ids = {c["name"]: c["id"] for c in coco["categories"]}
+    everything = [r for r in records if r.task == "detect_everything"]
+    if everything:
+        results, unknown = [], []
+        for record in everything:
+            parsed = parse_answer(answers[record.id], record.bbox_list, record.score_list)
+            detections = [(g.label, ref.box, ref.score) for g in parsed.groups for ref in g.regions]
+            found, missing = detections_to_coco_results(record.meta["scene_index"], detections, category_ids)
+            results += found
+            unknown += missing
+        images = {r.meta["scene_index"] for r in everything}
+        gt = {**coco, "images": [i for i in coco["images"] if i["id"] in images],
+              "annotations": [a for a in coco["annotations"] if a["image_id"] in images]}
+        detection = coco_bbox_map(gt, results)
+        report["detection_map"] = {k: detection[k] for k in ("AP", "AP50", "AP75", "AR100")}
+        report["detection_map"]["images"] = len(images)
+        report["detection_map"]["unknown_labels"] = len(unknown)
+    counting = [r for r in records if r.task == "counting"]
+    if counting:
+        from vlmfo1.evaluation.metrics.counting import counting_scores
+
+        report["counting"] = counting_scores([answers[r.id] for r in counting], [r.meta["count"] for r in counting])
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / f"{split}.predictions.jsonl", "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps({"id": record.id, "task": record.task, "answer": answers[record.id],
+                                         "reference": record.answer}) + "\n")
+        (out / f"{split}.metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _task_name(record: FO1Record) -> str:
+    return "detection" if record.task == "rejection" else record.task
