@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "vlmfo1.cli.data",
     "vlmfo1.cli.infer",
     "vlmfo1.cli.propose",
+    "vlmfo1.cli.serve",
 ]
 
 

@@ -69,7 +69,7 @@ class SelectiveSearchProposer(Proposer):
         self,
         *,
         mode: Literal["fast", "quality", "single"] = "fast",
-        max_side: int | None = 448,
+        max_side: int | None = 384,
         ring: float = 0.15,
         postprocess: PostProcessConfig | None = None,
     ) -> None:

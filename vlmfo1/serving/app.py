@@ -11,8 +11,8 @@ annotated image, the proposals (each tagged with its region index), the raw answ
 The app answers through the same `InferenceEngine` as the HTTP API (same limits, micro-batching).
 It never contacts the internet: analytics are off and nothing is shared.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Gradio reads the event handlers' annotations
+# (gr.SelectData) at run time, and `gr` is imported inside build_demo.
 import os
 
 # Before gradio is imported: it reads the setting at import time.
@@ -24,32 +24,38 @@ from typing import Any, Sequence  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
-from vlmfo1.serving.engine import InferenceEngine, RegionOptions  # noqa: E402
+from vlmfo1.serving.engine import TASK_TEXT_ARGS, TASKS_NEEDING_BOXES, InferenceEngine, RegionOptions  # noqa: E402
 from vlmfo1.serving.limits import InvalidRequest, PayloadTooLarge, ServingError  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Template:
-    """A task the app offers: which serving task, and what the text box means for it."""
+    """A task the app offers, and what its text box asks for (`TASK_TEXT_ARGS` says which argument it fills)."""
 
     task: str
-    text_arg: str | None  # the task argument the text box fills; None: the task takes no text
     text_hint: str
     extra: tuple[tuple[str, Any], ...] = ()
-    needs_boxes: bool = False
+
+    @property
+    def text_arg(self) -> str | None:
+        return TASK_TEXT_ARGS.get(self.task)
+
+    @property
+    def needs_boxes(self) -> bool:
+        return self.task in TASKS_NEEDING_BOXES
 
 
 TEMPLATES: dict[str, Template] = {
-    "Detection": Template("detect", "categories", "categories, comma-separated (e.g. red circle, blue star)"),
-    "Referring expression (REC)": Template("refer", "expression", "the object to find (e.g. the largest red shape)"),
-    "Counting": Template("count", "category", "what to count (e.g. circle)"),
-    "Region OCR": Template("ocr", None, "(no text: reads the text in each drawn box)", needs_boxes=True),
-    "Brief region caption": Template("caption", None, "(no text: describes each drawn box)", needs_boxes=True),
-    "Detailed region caption": Template("caption", None, "(no text: describes each drawn box)", (("detailed", True),), True),
-    "Region reasoning": Template("reason", "question", "a question; may name regions as <region0>"),
-    "Detect everything": Template("detect_everything", None, "(no text)"),
-    "Grounded caption": Template("grounded_caption", None, "(no text)"),
-    "Free prompt": Template("ask", "question", "any prompt; name regions as <region0>, <region1>, ..."),
+    "Detection": Template("detect", "categories, comma-separated (e.g. red circle, blue star)"),
+    "Referring expression (REC)": Template("refer", "the object to find (e.g. the largest red shape)"),
+    "Counting": Template("count", "what to count (e.g. circle)"),
+    "Region OCR": Template("ocr", "(no text: reads the text in each drawn box)"),
+    "Brief region caption": Template("caption", "(no text: describes each drawn box)"),
+    "Detailed region caption": Template("caption", "(no text: describes each drawn box)", (("detailed", True),)),
+    "Region reasoning": Template("reason", "a question; may name regions as <region0>"),
+    "Detect everything": Template("detect_everything", "(no text)"),
+    "Grounded caption": Template("grounded_caption", "(no text)"),
+    "Free prompt": Template("ask", "any prompt; name regions as <region0>, <region1>, ..."),
 }
 DEFAULT_TEMPLATE = "Detection"
 NO_PROPOSER = "(none: use drawn boxes only)"

@@ -42,6 +42,14 @@ SERVING_TASKS: dict[str, str] = {
     "detect_everything": "ask",
     "chat": "chat",
 }
+# The task argument a task's one free-text input fills (UI text box, `vlmfo1 batch --text`).
+TASK_TEXT_ARGS: dict[str, str] = {
+    "detect": "categories",
+    "refer": "expression",
+    "count": "category",
+    "ask": "question",
+    "reason": "question",
+}
 # Tasks about given regions: a proposer's boxes would ask one question per proposal (up to 100 model
 # calls for one request), so the server wants the boxes.
 TASKS_NEEDING_BOXES = ("caption", "ocr")

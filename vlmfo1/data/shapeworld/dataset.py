@@ -25,7 +25,7 @@ import numpy as np
 
 from vlmfo1.data.records import FO1Record
 from vlmfo1.data.shapeworld.coco import coco_annotations, coco_dataset, coco_image
-from vlmfo1.data.shapeworld.config import ShapeWorldConfig
+from vlmfo1.data.shapeworld.config import IMAGE_FORMATS, ShapeWorldConfig
 from vlmfo1.data.shapeworld.formats import to_coordinate_record, to_fo1_record
 from vlmfo1.data.shapeworld.proposals import Proposals, build_proposals
 from vlmfo1.data.shapeworld.sampling import Draws
@@ -59,6 +59,7 @@ class ShapeWorldExample:
 
 
 def generate_example(config: ShapeWorldConfig | None = None, index: int = 0, seed: int = 0, split: str = "train") -> ShapeWorldExample:
+    """Scene `index` of (`seed`, `split`) with the proposals and task samples the dataset writer gives it."""
     config = config or ShapeWorldConfig()
     scene = generate_scene(config, index, seed, split)
     proposals, samples = _tasks_of(scene, None, config)
@@ -94,8 +95,10 @@ def encode_image(scene: Scene, image_format: str) -> bytes:
     buffer = io.BytesIO()
     if image_format == "png":
         scene.image.save(buffer, format="PNG", compress_level=1)
-    else:
+    elif image_format == "jpg":
         scene.image.save(buffer, format="JPEG", quality=90, subsampling=0)  # 4:4:4 keeps small shapes crisp
+    else:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     return buffer.getvalue()
 
 
