@@ -268,12 +268,14 @@ def test_low_precision_input_is_pooled_in_fp32(dtype):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-def test_chunked_gathering_gives_identical_results(monkeypatch):
+def test_chunking_and_channels_last_give_identical_results(monkeypatch):
     generator = torch.Generator().manual_seed(13)
     features = torch.randn(2, 5, 16, 16, generator=generator)
     rois = random_rois(generator, 30, 64, 64, num_images=2).float()
     whole = roi_align_torch(features, rois, 7, 0.25)
-    monkeypatch.setattr(roi_align_module, "_GATHER_BUDGET_ELEMENTS", 1)  # one box per chunk
+    channels_last = roi_align_torch(features.contiguous(memory_format=torch.channels_last), rois, 7, 0.25)
+    torch.testing.assert_close(channels_last, whole, rtol=0, atol=0)
+    monkeypatch.setattr(roi_align_module, "_ENTRY_BUDGET", 1)  # one box per chunk
     torch.testing.assert_close(roi_align_torch(features, rois, 7, 0.25), whole, rtol=0, atol=0)
 
 

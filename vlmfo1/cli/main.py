@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "vlmfo1.cli.infer",
     "vlmfo1.cli.propose",
     "vlmfo1.cli.serve",
+    "vlmfo1.cli.train",
 ]
 
 

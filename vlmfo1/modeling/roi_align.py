@@ -15,16 +15,16 @@ imports; otherwise a pure-PyTorch implementation reproduces torchvision's kernel
   bilinearly interpolated;
 * a bin is the mean over its grid (divided by ``max(grid_h * grid_w, 1)``).
 
-Bilinear weights factor into a y part and an x part. Per axis, ``Wy`` [oh, h] and
-``Wx`` [ow, w] accumulate the weights of all samples of each bin over the cells of a
-*window*, the part of the map the box's samples touch; a box is then pooled as
-``Wy @ window @ Wx.T``. Boxes are batched by window size (sizes rounded up to 1, 2, 3,
-4, 6, 8, 12, ...), in chunks of at most ``_GATHER_BUDGET_ELEMENTS`` gathered values.
-Autograd's gradient with respect to the input scatters through the same weights, as
-torchvision's backward does. Boxes get no gradient (torchvision returns none either).
+Every output bin is a weighted sum of map cells, so the whole operation is one sparse
+[K*oh*ow, N*H*W] matrix times the map. Bilinear weights factor into a y and an x part:
+per axis, the weights of a bin's samples are summed per cell over the band of cells the
+samples touch; their outer product gives the bin's (cell, weight) entries, and
+``embedding_bag(mode="sum", per_sample_weights=...)`` evaluates the product with the
+map's cells as rows of a [N*H*W, C] table. Nothing of size boxes x channels x cells is
+materialised, and autograd's gradient with respect to the input is the same weights
+scattered back, as in torchvision's backward. Boxes get no gradient (torchvision returns
+none either). The table is a view of a channels_last input and a copy otherwise.
 
-On CUDA the products run through cuBLAS, so with ``torch.backends.cuda.matmul.allow_tf32``
-enabled they are TF32-accurate only; it is off by default.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 try:  # torchvision may be absent or broken (a CUDA wheel without CUDA libraries raises on import)
     from torchvision.ops import roi_align as _torchvision_roi_align
@@ -41,9 +42,10 @@ except Exception:  # noqa: BLE001 - any import failure means: use the pure-PyTor
 #: Which implementation ``roi_align`` dispatches to: ``"torchvision"`` or ``"torch"``.
 ROI_ALIGN_BACKEND = "torchvision" if _torchvision_roi_align is not None else "torch"
 
-# Upper bound on the feature values gathered per chunk of boxes (box windows x channels);
-# 2**26 fp32 values = 256 MiB.
-_GATHER_BUDGET_ELEMENTS = 1 << 26
+# Upper bound on the (bin, cell) entries built per chunk of boxes: K x oh x ow x band_h x band_w
+# before zero entries are dropped. With adaptive sampling a bin's band is about its size in
+# cells, so 100 boxes of any size on a 192x192 map fit in one chunk.
+_ENTRY_BUDGET = 1 << 24
 
 
 def roi_align_backend() -> str:
@@ -143,7 +145,6 @@ def _roi_align_torch(
     if num_rois == 0:
         # An empty result that is still part of the graph, so backward() works and gives zeros.
         return input.reshape(-1)[:0].reshape(0, 1, 1, 1).expand(0, channels, pooled_h, pooled_w)
-    batch_index = rois[:, 0].long()
 
     scale = torch.tensor(spatial_scale, dtype=input.dtype, device=input.device)
     offset = 0.5 if aligned else 0.0
@@ -155,50 +156,46 @@ def _roi_align_torch(
         roi_w = roi_w.clamp_min(1.0)
         roi_h = roi_h.clamp_min(1.0)
     if sampling_ratio > 0:
-        grid_h = torch.full_like(batch_index, sampling_ratio)
-        grid_w = torch.full_like(batch_index, sampling_ratio)
+        grid_h = torch.full_like(rois[:, 0], sampling_ratio, dtype=torch.long)
+        grid_w = grid_h
     else:
         # Negative sizes (possible only when aligned) give an empty grid and a zero output.
         grid_h = torch.ceil(roi_h / pooled_h).long().clamp_min(0)
         grid_w = torch.ceil(roi_w / pooled_w).long().clamp_min(0)
-    count = (grid_h * grid_w).clamp_min(1).to(input.dtype)
+    count = (grid_h * grid_w + 1).to(input.dtype)
+    y_axis = _AxisWeights(start_y, roi_h / pooled_h, grid_h, pooled_h, height)
+    x_axis = _AxisWeights(start_x, roi_w / pooled_w, grid_w, pooled_w, width)
 
-    y_axis = _AxisInterpolation(start_y, roi_h / pooled_h, grid_h, pooled_h, height)
-    x_axis = _AxisInterpolation(start_x, roi_w / pooled_w, grid_w, pooled_w, width)
-
-    # Channels stay the leading axis: [C, N*H*W] is a view for N == 1, and gathering whole
-    # windows per channel plane reads memory in order (a channels-last copy would not).
-    flat = input.transpose(0, 1).reshape(channels, num_images * height * width)
-    bucket_key = y_axis.window * (width + 1) + x_axis.window
-    pooled_parts, part_rows = [], []
-    for key in torch.unique(bucket_key).tolist():
-        window_h, window_w = divmod(key, width + 1)
-        rows_in_bucket = (bucket_key == key).nonzero().flatten()
-        chunk = max(1, _GATHER_BUDGET_ELEMENTS // (window_h * window_w * channels))
-        for rows in rows_in_bucket.split(chunk):
-            cell_y = batch_index[rows, None] * height + y_axis.origin[rows, None] + y_axis.offsets[:window_h]
-            cell_x = x_axis.origin[rows, None] + x_axis.offsets[:window_w]
-            cells = cell_y[:, :, None] * width + cell_x[:, None, :]
-            windows = flat.index_select(1, cells.flatten()).view(channels, len(rows), window_h, window_w)
-            # Bilinear weights factor per axis, so a box pools as Wy @ window @ Wx^T. Batched
-            # over (channel, box) with the weights broadcast over channels, so that the large
-            # gathered tensor is never copied: [C, k, h, w] @ [k, w, ow] -> [C, k, h, ow], then
-            # [k, oh, h] @ [C, k, h, ow] -> [C, k, oh, ow].
-            pooled = torch.matmul(windows, x_axis.weights[rows, :, :window_w].transpose(1, 2))
-            pooled = torch.matmul(y_axis.weights[rows, :, :window_h], pooled)
-            pooled_parts.append(pooled.transpose(0, 1) / count[rows][:, None, None, None])
-            part_rows.append(rows)
-    order = torch.cat(part_rows)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(num_rois, device=order.device)
-    return torch.cat(pooled_parts).index_select(0, inverse)
+    # Map cells as rows of a [N*H*W, C] table: a view of a channels_last input, else one copy.
+    table = input.permute(0, 2, 3, 1).contiguous().view(num_images * height * width, channels)
+    batch_index = rois[:, 0].long()
+    # Boxes in order of band area (similar boxes pad alike), in chunks that bound the entries.
+    band_area = y_axis.band_per_box * x_axis.band_per_box
+    order = torch.argsort(band_area)
+    chunk = max(1, _ENTRY_BUDGET // (pooled_h * pooled_w * int(band_area.max())))
+    pooled_parts = []
+    for rows in order.split(chunk):
+        band_y, band_x = int(y_axis.band_per_box[rows].max()), int(x_axis.band_per_box[rows].max())
+        weight_y, cell_y = y_axis.banded(rows, band_y)  # [k, oh, band_y]
+        weight_x, cell_x = x_axis.banded(rows, band_x)  # [k, ow, band_x]
+        weight = weight_y[:, :, None, :, None] * weight_x[:, None, :, None, :]  # [k, oh, ow, band_y, band_x]
+        row_y = batch_index[rows, None, None] * height + cell_y  # row of the image's map
+        cell = row_y[:, :, None, :, None] * width + cell_x[:, None, :, None, :]
+        used = weight != 0
+        entries_per_bin = used.flatten(3).sum(dim=3).flatten()
+        bin_starts = torch.cumsum(entries_per_bin, 0) - entries_per_bin
+        pooled = F.embedding_bag(cell[used], table, bin_starts, mode="sum", per_sample_weights=weight[used])
+        pooled_parts.append(pooled.view(len(rows), pooled_h, pooled_w, channels))
+    pooled = torch.cat(pooled_parts).index_select(0, torch.argsort(order))
+    return (pooled.permute(0, 3, 1, 2) / count[:, None, None, None]).contiguous()
 
 
-class _AxisInterpolation:
-    """Sample positions and bilinear weights of all boxes along one axis.
+class _AxisWeights:
+    """Bilinear weights of all boxes along one axis, summed per bin over a band of cells.
 
-    Boxes sample ``grid`` points per bin; grids are padded to the largest one and the
-    padding gets zero weight, so all boxes share one tensor layout [K, bins, samples].
+    Samples are laid out [K, bins, samples] with every box's grid padded to the largest
+    (padding gets weight 0). A bin's samples touch the consecutive cells
+    ``first[k, p] .. first[k, p] + band - 1``; ``banded`` sums their weights per cell.
     """
 
     def __init__(self, start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, bins: int, size: int):
@@ -219,34 +216,27 @@ class _AxisInterpolation:
         position = torch.where(at_edge, low.to(dtype), position)
         frac = position - low.to(dtype)
         zero = torch.zeros((), dtype=dtype, device=start.device)
-        weight_low = torch.where(valid, 1.0 - frac, zero)
-        weight_high = torch.where(valid, frac, zero)
+        self.weight_low = torch.where(valid, 1.0 - frac, zero)
+        self.weight_high = torch.where(valid, frac, zero)
 
-        # The cells a box touches: [first, last]; boxes with no valid sample touch cell 0 only.
-        any_valid = valid.flatten(1).any(dim=1)
-        first = torch.where(valid, low, size).flatten(1).amin(dim=1)
-        last = torch.where(valid, high, -1).flatten(1).amax(dim=1)
-        first = torch.where(any_valid, first, 0)
-        span = torch.where(any_valid, last - first + 1, 1)
-        # Round windows up to the next of 1, 2, 3, 4, 6, 8, 12, 16, ... so that boxes of similar
-        # size share one bucket while gathering at most 50% more cells per axis than needed.
-        power = torch.exp2(torch.floor(torch.log2(span.double()))).long()
-        window = torch.where(span <= power, power, torch.where(2 * span <= 3 * power, 3 * power // 2, 2 * power))
-        self.window = window.clamp_max(size)
+        any_valid = valid.any(dim=2)
+        first = torch.where(valid, low, size).amin(dim=2)
+        last = torch.where(valid, high, -1).amax(dim=2)
+        self.first = torch.where(any_valid, first, 0)  # [K, bins]
+        self.band_per_box = torch.where(any_valid, last - first + 1, 1).amax(dim=1)  # [K]
+        self.low, self.high, self.size = low, high, size
 
-        # Window origins, shifted left where a window would run past the end of the map.
-        self.origin = first.clamp_max(size - self.window)
-        self.offsets = torch.arange(size, device=start.device)
-
-        # Weights [K, bins, widest window] of every box over its own window; columns past a
-        # box's window stay 0, so a bucket slices them off. Indexes of invalid samples
-        # (weight 0) are clamped into the window.
-        last_column = (self.window - 1)[:, None, None]
-        local_low = torch.minimum((low - self.origin[:, None, None]).clamp_min(0), last_column)
-        local_high = torch.minimum((high - self.origin[:, None, None]).clamp_min(0), last_column)
-        weights = weight_low.new_zeros(len(start), bins, int(self.window.max()))
-        weights.scatter_add_(2, local_low, weight_low)
-        self.weights = weights.scatter_add_(2, local_high, weight_high)
+    def banded(self, rows: torch.Tensor, band: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights [k, bins, band] of the given boxes and the map cell of each band slot."""
+        first = self.first[rows, :, None]
+        # Indexes of zero-weight samples may fall outside the band; clamping them is harmless.
+        local_low = (self.low[rows] - first).clamp(0, band - 1)
+        local_high = (self.high[rows] - first).clamp(0, band - 1)
+        weight = self.weight_low.new_zeros(len(rows), self.first.shape[1], band)
+        weight.scatter_add_(2, local_low, self.weight_low[rows])
+        weight.scatter_add_(2, local_high, self.weight_high[rows])
+        cell = (first + torch.arange(band, device=first.device)).clamp_max(self.size - 1)
+        return weight, cell
 
 
 def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:

@@ -106,7 +106,9 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     """The ShapeWorld splits and one records file per stage (`stage{N}.fo1.jsonl`, same folder)."""
     from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
 
-    workers = max(1, min(os.cpu_count() or 1, 4))
+    # One process: generation takes seconds next to training, and worker processes would re-run a
+    # caller's script that lacks an `if __name__ == "__main__"` guard.
+    workers = 1
     train_config = ShapeWorldConfig.train(task_counts=all_tasks(recipe))
     train = write_dataset(data_dir, n=recipe.train_scenes, seed=recipe.seed, split="train", config=train_config,
                           workers=workers, coordinates=False)

@@ -1,0 +1,172 @@
+"""The Gradio app in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+Starts `vlmfo1 ui` on a tiny random model, uploads a picture, draws a box by clicking two corners,
+runs detection and checks what the page shows. The screenshot goes to test-artifacts/.
+
+Skips when Playwright or Chromium is missing (a user's machine); CI sets VLMFO1_REQUIRE_BROWSER=1
+so that there a missing browser fails instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("VLMFO1_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def _require_browser():
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install 'vlmfo1[dev]')")
+    if not os.path.isfile(CHROMIUM):
+        missing.append("Chromium (apt-get install chromium, or set VLMFO1_CHROMIUM)")
+    if missing:
+        reason = "browser test needs " + " and ".join(missing)
+        if os.environ.get("VLMFO1_REQUIRE_BROWSER"):
+            pytest.fail(reason + " (VLMFO1_REQUIRE_BROWSER is set)")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui_url(tmp_path_factory):
+    _require_browser()
+    from vlmfo1.training.tiny import init_tiny
+
+    model = tmp_path_factory.getbasetemp() / "serving-tiny-fo1"
+    if not (model / "config.json").is_file():
+        init_tiny(model, size="tiny", tokenizer="qwen")
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+    log = tmp_path_factory.mktemp("ui") / "ui.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vlmfo1.cli.main", "ui", "--model", str(model), "--proposer", "contours",
+             "--port", str(port), "--max-new-tokens", "8"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vlmfo1 ui exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vlmfo1 ui did not come up:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture()
+def page(ui_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.set_default_timeout(60_000)
+        page.goto(ui_url)
+        page.wait_for_selector("#run")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def scene_file(tmp_path: Path) -> Path:
+    image = Image.new("RGB", (200, 150), (30, 40, 180))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([20, 20, 80, 80], fill=(230, 20, 20))
+    draw.rectangle([110, 60, 180, 130], fill=(20, 200, 60))
+    path = tmp_path / "scene.png"
+    image.save(path)
+    return path
+
+
+def result_json(page) -> dict:
+    """The JSON the page shows (Gradio's JSON view, read back through its copy button's source)."""
+    text = page.locator("#result-json").inner_text()
+    return json.loads(text[text.index("{"):]) if "{" in text else {}
+
+
+def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
+    # Running with no image is refused with a message on the page.
+    page.locator("#run").click()
+    page.get_by_text("upload an image first").first.wait_for()
+
+    page.locator("#input-image input[type=file]").set_input_files(str(scene_file(tmp_path)))
+    picture = page.locator("#input-image img")
+    picture.wait_for()
+    page.wait_for_function("() => { const i = document.querySelector('#input-image img'); return i && i.naturalWidth === 200; }")
+    box = picture.bounding_box()
+    scale = box["width"] / 200
+
+    # Draw a box around the red circle: two clicks on opposite corners.
+    page.mouse.click(box["x"] + 18 * scale, box["y"] + 18 * scale)
+    page.wait_for_timeout(300)
+    page.mouse.click(box["x"] + 82 * scale, box["y"] + 82 * scale)
+    page.wait_for_function("() => document.querySelector('#boxes textarea').value.trim().length > 0")
+    drawn = [float(v) for v in page.locator("#boxes textarea").input_value().split(",")]
+    assert drawn == pytest.approx([18, 18, 82, 82], abs=2)
+
+    page.locator("#prompt-text textarea, #prompt-text input").first.fill("red circle")
+    page.locator("#run").click()
+    page.get_by_text("done:").first.wait_for()
+    assert "detect" in page.locator("#status").inner_text() and "1 region(s)" in page.locator("#status").inner_text()
+
+    # The rendered result: both pictures loaded (enlarged to >= 640 px), raw answer and JSON shown.
+    for element in ("#annotated img", "#proposals img"):
+        page.wait_for_function(f"() => {{ const i = document.querySelector('{element}'); return i && i.complete && i.naturalWidth >= 640; }}")
+    json_text = page.locator("#result-json").inner_text()
+    assert "Please detect red circle in this image. Answer the question with object indexes." in json_text
+    assert '"source"' in json_text and '"user"' in json_text
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serving-ui-detect.png"), full_page=True)
+    assert (ARTIFACTS / "serving-ui-detect.png").stat().st_size > 10_000
+
+
+def test_proposer_path_in_a_browser(page, tmp_path):
+    page.locator("#input-image input[type=file]").set_input_files(str(scene_file(tmp_path)))
+    page.wait_for_function("() => { const i = document.querySelector('#input-image img'); return i && i.naturalWidth === 200; }")
+    page.locator("#task").click()
+    page.get_by_role("option", name="Detect everything").click()
+    page.locator("#run").click()
+    page.get_by_text("done:").first.wait_for()
+    json_text = page.locator("#result-json").inner_text()
+    assert "Please identify every object in the image" in json_text and '"contours"' in json_text
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serving-ui-proposals.png"), full_page=True)
