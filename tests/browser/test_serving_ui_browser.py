@@ -8,7 +8,6 @@ so that there a missing browser fails instead.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -116,12 +115,6 @@ def scene_file(tmp_path: Path) -> Path:
     return path
 
 
-def result_json(page) -> dict:
-    """The JSON the page shows (Gradio's JSON view, read back through its copy button's source)."""
-    text = page.locator("#result-json").inner_text()
-    return json.loads(text[text.index("{"):]) if "{" in text else {}
-
-
 def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
     # Running with no image is refused with a message on the page.
     page.locator("#run").click()
@@ -145,7 +138,8 @@ def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
     page.locator("#prompt-text textarea, #prompt-text input").first.fill("red circle")
     page.locator("#run").click()
     page.get_by_text("done:").first.wait_for()
-    assert "detect" in page.locator("#status").inner_text() and "1 region(s)" in page.locator("#status").inner_text()
+    status = page.locator("#status").inner_text()
+    assert "Detection done" in status and "1 region(s)" in status
 
     # The rendered result: both pictures loaded (enlarged to >= 640 px), raw answer and JSON shown.
     for element in ("#annotated img", "#proposals img"):
@@ -162,10 +156,10 @@ def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
 def test_proposer_path_in_a_browser(page, tmp_path):
     page.locator("#input-image input[type=file]").set_input_files(str(scene_file(tmp_path)))
     page.wait_for_function("() => { const i = document.querySelector('#input-image img'); return i && i.naturalWidth === 200; }")
-    page.locator("#task").click()
-    page.get_by_role("option", name="Detect everything").click()
+    page.locator("#task input").click()
+    page.get_by_role("option", name="Detect everything", exact=True).click()
     page.locator("#run").click()
-    page.get_by_text("done:").first.wait_for()
+    page.get_by_text("Detect everything done:").first.wait_for()
     json_text = page.locator("#result-json").inner_text()
     assert "Please identify every object in the image" in json_text and '"contours"' in json_text
     ARTIFACTS.mkdir(exist_ok=True)

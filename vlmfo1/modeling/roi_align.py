@@ -162,7 +162,7 @@ def _roi_align_torch(
         # Negative sizes (possible only when aligned) give an empty grid and a zero output.
         grid_h = torch.ceil(roi_h / pooled_h).long().clamp_min(0)
         grid_w = torch.ceil(roi_w / pooled_w).long().clamp_min(0)
-    count = (grid_h * grid_w + 1).to(input.dtype)
+    count = (grid_h * grid_w).clamp_min(1).to(input.dtype)
     y_axis = _AxisWeights(start_y, roi_h / pooled_h, grid_h, pooled_h, height)
     x_axis = _AxisWeights(start_x, roi_w / pooled_w, grid_w, pooled_w, width)
 

@@ -81,8 +81,10 @@ class FO1Generator:
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
         tokenizer = processor.tokenizer
-        vocab = tokenizer.get_vocab()
-        self.eos_token_ids = [vocab[t] for t in EOS_TOKENS if t in vocab]
+        found = [tokenizer.convert_tokens_to_ids(t) for t in EOS_TOKENS]
+        self.eos_token_ids = [i for t, i in zip(EOS_TOKENS, found) if i is not None and tokenizer.convert_ids_to_tokens(i) == t]
+        if not self.eos_token_ids:
+            raise ValueError(f"the tokenizer has none of the end-of-turn tokens {EOS_TOKENS}")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[-1]
         self.visual_token_ids = torch.tensor([processor.image_token_id, processor.region_token_id])
 

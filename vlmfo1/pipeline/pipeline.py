@@ -121,7 +121,7 @@ class FO1Pipeline:
         self.score_mode = check_score_mode(score)
         self.dedupe_iou = dedupe_iou
         self.generator = FO1Generator(model, processor, max_new_tokens, batch_size, reuse_prefix)
-        self.grammar_ids = GrammarTokenIds.from_tokenizer(processor.tokenizer)
+        self.grammar_ids = GrammarTokenIds.from_tokenizer(processor.tokenizer, processor.max_regions)
 
     @classmethod
     def from_pretrained(

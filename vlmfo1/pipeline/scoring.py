@@ -72,10 +72,15 @@ class GrammarTokenIds:
     objects_close: int
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "GrammarTokenIds":
-        vocab = tokenizer.get_vocab()
-        regions = {vocab[t]: k for k, t in enumerate(prompts.region_tokens()) if t in vocab}
-        return cls(regions, vocab[prompts.GROUND_OPEN], vocab[prompts.GROUND_CLOSE], vocab[prompts.OBJECTS_CLOSE])
+    def from_tokenizer(cls, tokenizer, max_regions: int = prompts.MAX_REGIONS) -> "GrammarTokenIds":
+        def token_id(token: str) -> int:
+            found = tokenizer.convert_tokens_to_ids(token)
+            if found is None or found == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(found) != token:
+                raise ValueError(f"the tokenizer lacks the FO1 token {token!r} (load it with load_fo1_tokenizer)")
+            return found
+
+        regions = {token_id(t): k for k, t in enumerate(prompts.region_tokens(max_regions))}
+        return cls(regions, token_id(prompts.GROUND_OPEN), token_id(prompts.GROUND_CLOSE), token_id(prompts.OBJECTS_CLOSE))
 
 
 def region_emissions(

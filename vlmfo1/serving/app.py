@@ -192,7 +192,8 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
             annotated, proposals, raw, data = run_template(engine, original, boxes_text, template_name, text, proposer, min_score)
         except ServingError as error:
             raise gr.Error(error.message) from None
-        return annotated, proposals, raw, data, f"**{data['task']}** done: {len(data['detections'])} detection(s), {len(data['proposals']['boxes'])} region(s)"
+        summary = f"**{template_name}** done: {len(data['detections'])} detection(s), {len(data['proposals']['boxes'])} region(s)"
+        return annotated, proposals, raw, data, summary
 
     proposer_choices = [NO_PROPOSER, *sorted(engine.proposers)]
     with gr.Blocks(title=title) as demo:

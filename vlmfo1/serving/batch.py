@@ -388,7 +388,7 @@ def run_batch_job(
     num_workers: int = 1,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
-    rows_per_block: int = 16,
+    rows_per_block: int | None = None,
     limit: int | None = None,
     retry_errors: bool = False,
     progress: bool = True,
@@ -396,7 +396,9 @@ def run_batch_job(
     """Runs `config` on the inputs not yet in `output`, appending their rows as they finish.
 
     `limit`: stop after that many new rows (a job can be done in slices). Ray is started locally
-    unless already initialised or `address` names a cluster.
+    unless already initialised or `address` names a cluster. `rows_per_block`: images per Ray block
+    (default 4 model calls' worth); rows are written a block at a time, so an interruption loses
+    at most the blocks in flight.
     """
     import ray
     from tqdm.auto import tqdm
@@ -414,6 +416,7 @@ def run_batch_job(
     summary = BatchSummary(len(inputs), len(done & set(inputs.ids)), 0, 0, 0.0)
     if todo:
         _init_ray(ray, address, num_workers, cpus_per_worker)
+        rows_per_block = rows_per_block or 4 * config.images_per_call
         dataset = ray.data.from_items(inputs.rows(set(todo)), override_num_blocks=max(1, -(-len(todo) // rows_per_block)))
         dataset = dataset.map_batches(
             BatchPredictor,
