@@ -140,10 +140,12 @@ class RegionEncoder(nn.Module):
     def aux_features(self, stage_maps: Sequence[torch.Tensor], boxes: torch.Tensor, aux_size: int) -> torch.Tensor:
         """stage_maps: one image's DaViT stage outputs [C_s, H_s, W_s]; boxes: normalised xyxy [n, 4]."""
         size = stage_maps[0].shape[-2:]
-        maps = [stage_maps[0].float()] + [
-            F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False)[0] for m in stage_maps[1:]
+        maps = [stage_maps[0][None].float()] + [
+            F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False) for m in stage_maps[1:]
         ]
-        fused = torch.cat(maps, dim=0)[None]
+        # roi_align gathers whole channel vectors per sample point; channels-last makes those
+        # contiguous (DaViT's outputs already are, so this is usually free).
+        fused = torch.cat(maps, dim=1).contiguous(memory_format=torch.channels_last)
         return _pool_regions(fused, boxes * aux_size, 1.0 / self.aux_stride, self.config.roi_output_size)
 
     def primary_features(self, levels: Sequence[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
