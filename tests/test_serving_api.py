@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from vlmfo1.pipeline.results import RESULT_JSON_SCHEMA  # noqa: E402
 from vlmfo1.serving.api import create_app  # noqa: E402
 from vlmfo1.serving.engine import InferenceEngine  # noqa: E402
-from vlmfo1.serving.limits import QueueFull, ServingLimits  # noqa: E402
+from vlmfo1.serving.limits import ServingLimits  # noqa: E402
 from vlmfo1.serving.schemas import TASK_ENDPOINTS  # noqa: E402
 
 BOXES = [[10.0, 12.0, 50.0, 52.0], [70.0, 40.0, 120.0, 90.0], [5.0, 70.0, 40.0, 110.0]]
@@ -410,3 +410,39 @@ def test_timeout_gives_504_and_the_abandoned_request_is_not_computed(pipeline):
         assert stats.cancelled == 1 and stats.completed == 1  # only the long request ran
     finally:
         engine.close()
+
+
+# -- answers that mean something: a model scripted to answer "red circle: regions 1 and 3" ----------
+@pytest.fixture(scope="module")
+def scripted_client():
+    from pipeline_support import make_processor, scripted_model
+
+    from vlmfo1.pipeline import FO1Pipeline
+
+    processor = make_processor()
+    engine = InferenceEngine(FO1Pipeline(scripted_model(processor), processor, proposer=None, max_new_tokens=24),
+                             model_name="scripted")
+    with TestClient(create_app(engine)) as client:
+        yield client
+    engine.close()
+
+
+def test_detections_come_back_as_the_named_regions_boxes(scripted_client):
+    from pipeline_support import ANSWER
+
+    boxes = BOXES + [[100.0, 5.0, 150.0, 35.0]]
+    response = scripted_client.post("/v1/detect", json={"image": B64, "categories": "red circle", "boxes": boxes,
+                                                        "scores": [0.9, 0.8, 0.7, 0.6]})
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert result["raw_answers"] == [ANSWER]
+    assert [(d["index"], d["label"], d["box"], d["score"]) for d in result["detections"]] == [
+        (1, "red circle", boxes[1], 0.8), (3, "red circle", boxes[3], 0.6)
+    ]
+    chat = scripted_client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + B64}},
+                                                   {"type": "text", "text": "Find the red circle."}]}],
+        "boxes": boxes,
+    }).json()
+    assert chat["choices"][0]["message"]["content"] == ANSWER and chat["choices"][0]["finish_reason"] == "stop"
+    assert [d["box"] for d in chat["vlmfo1"]["detections"]] == [boxes[1], boxes[3]]

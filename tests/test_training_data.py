@@ -355,3 +355,25 @@ def test_refcoco_referring_region_caption_and_llava_converters(tmp_path):
     assert conversion.skipped["text-only row"] == 1
     write_records(tmp_path / "out.jsonl", conversion.records)
     assert [r.id for r in read_records(tmp_path / "out.jsonl")] == ["a"]
+
+
+def test_proposals_from_a_registry_proposer_on_the_fly(tmp_path, processor):
+    pytest.importorskip("cv2")
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+
+    config = ShapeWorldConfig.train(objects_per_image=(3, 5), image_size=(128, 128), task_counts={"detection": 1})
+    write_dataset(tmp_path, n=2, seed=0, split="train", config=config, coordinates=False)
+    # Treat the records' own boxes as "ground truth" and let the contour proposer supply the regions.
+    source = load_source(tmp_path / "train.fo1.jsonl", proposals={"proposer": "contours"})
+    dataset = FO1TrainingDataset([source], processor, seed=0)
+    for k in range(len(dataset)):
+        original, _, _ = dataset.record(k)
+        record, _ = dataset.prepared(k)
+        named = lambda r: [r.bbox_list[int(i)] for i in REGION.findall(r.answer)]
+        targets, found = named(original), named(record)
+        assert len(found) == len(targets)
+        if targets:
+            # One-to-one matching: every target has its own named box, the same or overlapping >= 0.5.
+            iou = pairwise_iou(targets, found)
+            assert all(iou[i].max() >= 0.5 for i in range(len(targets)))
+        assert dataset[k]["region_boxes"].shape[0] == len(record.bbox_list)

@@ -147,7 +147,7 @@ def test_presets_configs_and_overrides_merge(tmp_path):
     assert config["stage"]["train"] == ["aux_encoder", "region_encoder", "connector", "llm"]
     assert config["training"]["learning_rate"] == 2e-5 and config["training"]["max_steps"] == 7
     assert config["training"]["per_device_train_batch_size"] == 4  # from the preset
-    assert config["data"]["iou_threshold"] == 0.6 and config["_base_dir"] == str(tmp_path)
+    assert config["data"]["iou_threshold"] == 0.6 and config["data"]["train"] == [{"records": str(tmp_path / "r.jsonl")}]
     assert resolve_config(None, stage=1)["training"]["learning_rate"] == 1e-3
     assert resolve_config(None, stage=2)["training"]["learning_rate"] == 1e-5
     with pytest.raises(ValueError, match="unknown section"):

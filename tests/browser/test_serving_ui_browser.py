@@ -1,7 +1,8 @@
 """The Gradio app in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
 
-Starts `vlmfo1 ui` on a tiny random model, uploads a picture, draws a box by clicking two corners,
-runs detection and checks what the page shows. The screenshot goes to test-artifacts/.
+Starts `vlmfo1 ui` on a tiny model scripted to answer "red circle: regions 1 and 3" (see
+tests/pipeline_support.py), uploads a picture, draws a box by clicking two corners, adds three by
+typing, runs detection and checks what the page shows. Screenshots go to test-artifacts/.
 
 Skips when Playwright or Chromium is missing (a user's machine); CI sets VLMFO1_REQUIRE_BROWSER=1
 so that there a missing browser fails instead.
@@ -53,18 +54,17 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ui_url(tmp_path_factory):
     _require_browser()
-    from vlmfo1.training.tiny import init_tiny
+    from pipeline_support import make_processor, save_model, scripted_model
 
-    model = tmp_path_factory.getbasetemp() / "serving-tiny-fo1"
-    if not (model / "config.json").is_file():
-        init_tiny(model, size="tiny", tokenizer="qwen")
+    processor = make_processor()
+    model = save_model(scripted_model(processor), processor, tmp_path_factory.mktemp("scripted-model"))
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     log = tmp_path_factory.mktemp("ui") / "ui.log"
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "vlmfo1.cli.main", "ui", "--model", str(model), "--proposer", "contours",
-             "--port", str(port), "--max-new-tokens", "8"],
+             "--port", str(port), "--max-new-tokens", "24"],
             stdout=log_file, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}/"
@@ -135,18 +135,23 @@ def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
     drawn = [float(v) for v in page.locator("#boxes textarea").input_value().split(",")]
     assert drawn == pytest.approx([18, 18, 82, 82], abs=2)
 
+    # Three more regions typed into the boxes text: the picture shows all four.
+    others = ["110, 60, 180, 130", "5, 100, 40, 140", "120, 5, 190, 40"]
+    page.locator("#boxes textarea").fill(page.locator("#boxes textarea").input_value() + "\n" + "\n".join(others))
+
     page.locator("#prompt-text textarea, #prompt-text input").first.fill("red circle")
     page.locator("#run").click()
-    page.get_by_text("done:").first.wait_for()
-    status = page.locator("#status").inner_text()
-    assert "Detection done" in status and "1 region(s)" in status
+    page.get_by_text("Detection done:").first.wait_for()
+    # The model names regions 1 and 3: two detections, labelled as asked, on the typed boxes.
+    assert "2 detection(s), 4 region(s)" in page.locator("#status").inner_text()
+    assert page.locator("#raw-answer textarea").input_value() == "<ground>red circle</ground><objects><region1><region3></objects>"
 
-    # The rendered result: both pictures loaded (enlarged to >= 640 px), raw answer and JSON shown.
+    # The rendered result: both pictures loaded (enlarged to >= 640 px) and the JSON shown.
     for element in ("#annotated img", "#proposals img"):
         page.wait_for_function(f"() => {{ const i = document.querySelector('{element}'); return i && i.complete && i.naturalWidth >= 640; }}")
-    json_text = page.locator("#result-json").inner_text()
+    json_text = " ".join(page.locator("#result-json").inner_text().split())
     assert "Please detect red circle in this image. Answer the question with object indexes." in json_text
-    assert '"source"' in json_text and '"user"' in json_text
+    assert '"label" : "red circle"' in json_text.replace('":', '" :') and '"source" : "user"' in json_text.replace('":', '" :')
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serving-ui-detect.png"), full_page=True)

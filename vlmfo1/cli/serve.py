@@ -29,6 +29,8 @@ def _engine(model: str, proposers: List[str], device: str, dtype: Optional[str],
         )
     except FileNotFoundError as error:
         raise typer.BadParameter(str(error), param_hint="--model") from None
+    except (ImportError, KeyError, ValueError) as error:  # a proposer's missing extra, an unknown proposer
+        raise typer.BadParameter(str(error).strip("'\"")) from None
 
 
 def ui(

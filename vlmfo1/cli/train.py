@@ -17,7 +17,9 @@ from rich.console import Console
 
 
 def train_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config YAML (see vlmfo1/configs/)."),
+    config: Optional[List[Path]] = typer.Option(
+        None, "--config", "-c", help="Training config YAML (see vlmfo1/configs/); repeat to merge several in order."
+    ),
     stage: Optional[str] = typer.Option(
         None, "--stage", help="Start from a packaged preset: 0, 1, 2 or 2_lora; --config then adds to it."
     ),
@@ -38,7 +40,7 @@ def train_command(
 
     from vlmfo1.training.trainer import resolve_config, train
 
-    if config is None and stage is None:
+    if not config and stage is None:
         raise typer.BadParameter("give --config FILE, --stage N, or both", param_hint="--config")
     overrides = list(option or [])
     if init_from is not None:
@@ -48,7 +50,7 @@ def train_command(
     if max_steps is not None:
         overrides.append(f"training.max_steps={max_steps}")
     try:
-        resolved = resolve_config(config, stage, overrides)
+        resolved = resolve_config(list(config or []), stage, overrides)
         if init_from is not None:
             # --init-from replaces whatever model source the preset or config named.
             resolved["model"] = {k: v for k, v in resolved.get("model", {}).items() if k not in ("base_vlm", "tiny")}

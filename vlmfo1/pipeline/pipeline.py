@@ -38,9 +38,22 @@ from vlmfo1.processing.image_processing import ImageInput, clip_boxes, load_imag
 BUNDLED_MODELS = {"shapeworld": Path(__file__).resolve().parents[1] / "assets" / "shapeworld-fo1"}
 DEFAULT_PROPOSER = "selective-search"
 
-TASKS = (
-    "detect", "refer", "count", "caption", "ocr", "ask", "detect_like", "detect_everything", "grounded_caption", "reason", "chat",
-)
+# Each task's arguments (besides `boxes` and `scores`, which every task but chat-without-image takes):
+# (required, optional).
+TASK_ARGUMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "detect": (("categories",), ("per_category",)),
+    "refer": (("expression",), ()),
+    "count": (("category",), ()),
+    "caption": ((), ("detailed",)),
+    "ocr": ((), ()),
+    "ask": (("question",), ()),
+    "detect_like": (("reference_box",), ()),
+    "detect_everything": ((), ()),
+    "grounded_caption": ((), ()),
+    "reason": (("question",), ()),
+    "chat": (("messages",), ()),
+}
+TASKS = tuple(TASK_ARGUMENTS)
 # How a task's answers are combined (see `_Plan`).
 _GROUNDED, _PER_REGION, _FREE = "grounded", "per_region", "free"
 
@@ -88,11 +101,11 @@ class _Plan:
     kind: str  # _GROUNDED | _PER_REGION | _FREE
     image_size: tuple[int, int]
     proposals: ProposalSet
-    calls: list[ModelCall]
-    queries: list[str]
-    call_regions: list[list[int]]  # per call: the index in `proposals` of each of its regions
-    call_chunk: list[int]  # per call: its chunk
     num_chunks: int = 1
+    calls: list[ModelCall] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)  # per call: its task text (chat: the last user turn)
+    call_regions: list[list[int]] = field(default_factory=list)  # per call: the index in `proposals` of each region
+    call_chunk: list[int] = field(default_factory=list)  # per call: its chunk
     label_overrides: list[str | None] = field(default_factory=list)  # per call (per-category detection)
     targets: list[int | None] = field(default_factory=list)  # per call: the region asked about
     asked_labels: list[str] = field(default_factory=list)  # detection: the categories asked
@@ -209,9 +222,7 @@ class FO1Pipeline:
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self, request: TaskRequest, number: int) -> _Plan:
-        if request.task not in TASKS:
-            raise ValueError(f"unknown task {request.task!r}; choose from {', '.join(TASKS)}")
-        args = dict(request.args)
+        args = _check_arguments(request)
         boxes, scores = args.pop("boxes", None), args.pop("scores", None)
         if request.task == "chat":
             return self._plan_chat(request, args["messages"], boxes, scores, number)
@@ -260,16 +271,10 @@ class FO1Pipeline:
     ) -> _Plan:
         """Every text asked on every chunk of the regions."""
         chunks = plan_chunks(len(proposals), self.max_regions, pinned) if len(proposals) else [[]]
-        plan = _Plan(task, kind, image.size, proposals, [], [], [], [], num_chunks=len(chunks))
-        boxes = np.asarray(proposals.boxes, dtype=np.float64).reshape(-1, 4)
+        plan = _Plan(task, kind, image.size, proposals, num_chunks=len(chunks))
         for chunk_number, chunk in enumerate(chunks):
             for k, text in enumerate(texts):
-                plan.calls.append(ModelCall(image, boxes[chunk], [{"role": "user", "content": text}], share_key=(number, chunk_number)))
-                plan.queries.append(text)
-                plan.call_regions.append(chunk)
-                plan.call_chunk.append(chunk_number)
-                plan.label_overrides.append(labels[k] if labels else None)
-                plan.targets.append(None)
+                _add_call(plan, image, chunk, chunk_number, text, (number, chunk_number), label=labels[k] if labels else None)
         if len(chunks) > 1:
             plan.warnings.append(
                 f"{len(proposals)} regions are more than the model's {self.max_regions}: asked in {len(chunks)} chunks and merged"
@@ -281,17 +286,10 @@ class FO1Pipeline:
         if not len(proposals):
             raise ValueError(f"{task} needs at least one box")
         chunks = plan_chunks(len(proposals), self.max_regions)
-        plan = _Plan(task, _PER_REGION, image.size, proposals, [], [], [], [], num_chunks=len(chunks))
-        boxes = np.asarray(proposals.boxes, dtype=np.float64)
+        plan = _Plan(task, _PER_REGION, image.size, proposals, num_chunks=len(chunks))
         for chunk_number, chunk in enumerate(chunks):
             for local, target in enumerate(chunk):
-                text = make_prompt([local])
-                plan.calls.append(ModelCall(image, boxes[chunk], [{"role": "user", "content": text}], share_key=(number, chunk_number)))
-                plan.queries.append(text)
-                plan.call_regions.append(chunk)
-                plan.call_chunk.append(chunk_number)
-                plan.label_overrides.append(None)
-                plan.targets.append(target)
+                _add_call(plan, image, chunk, chunk_number, make_prompt([local]), (number, chunk_number), target=target)
         return plan
 
     def _plan_chat(self, request: TaskRequest, messages, boxes, scores, number) -> _Plan:
@@ -309,9 +307,9 @@ class FO1Pipeline:
             proposals = self._regions(image, request.image, boxes, scores)
             self._check_fits("chat", proposals)
             size = image.size
-        query = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
-        call = ModelCall(image, np.asarray(proposals.boxes, dtype=np.float64).reshape(-1, 4), messages)
-        return _Plan("chat", _FREE, size, proposals, [call], [query], [list(range(len(proposals)))], [0], 1, [None], [None])
+        plan = _Plan("chat", _FREE, size, proposals)
+        _add_call(plan, image, list(range(len(proposals))), 0, messages, share_key=None)
+        return plan
 
     def _check_fits(self, task: str, proposals: ProposalSet) -> None:
         if len(proposals) > self.max_regions:
@@ -452,6 +450,37 @@ class FO1Pipeline:
             proposal_score=proposal_score,
             llm_score=llm_score,
         )
+
+
+def _add_call(plan: _Plan, image, regions: list[int], chunk: int, text_or_messages, share_key, label=None, target=None) -> None:
+    """Adds one model call on `regions` (indexes into plan.proposals) to a plan."""
+    if isinstance(text_or_messages, str):
+        messages, query = [{"role": "user", "content": text_or_messages}], text_or_messages
+    else:
+        messages = text_or_messages
+        query = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
+    boxes = np.asarray(plan.proposals.boxes, dtype=np.float64).reshape(-1, 4)[regions]
+    plan.calls.append(ModelCall(image, boxes, messages, share_key))
+    plan.queries.append(query)
+    plan.call_regions.append(regions)
+    plan.call_chunk.append(chunk)
+    plan.label_overrides.append(label)
+    plan.targets.append(target)
+
+
+def _check_arguments(request: TaskRequest) -> dict[str, Any]:
+    if request.task not in TASK_ARGUMENTS:
+        raise ValueError(f"unknown task {request.task!r}; choose from {', '.join(TASKS)}")
+    required, optional = TASK_ARGUMENTS[request.task]
+    args = dict(request.args)
+    missing = [name for name in required if args.get(name) is None]
+    unknown = sorted(set(args) - set(required) - set(optional) - {"boxes", "scores"})
+    if missing or unknown:
+        problems = [f"missing {missing}"] * bool(missing) + [f"unknown {unknown}"] * bool(unknown)
+        raise ValueError(
+            f"task {request.task!r}: {'; '.join(problems)} argument(s); it takes {list(required + optional)} and boxes/scores"
+        )
+    return args
 
 
 def _as_numpy(value):

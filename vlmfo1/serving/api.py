@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import typing
 import uuid
 from typing import Any
 
@@ -168,14 +169,23 @@ async def _parse_task_body(request: Request, params_model: type[schemas._Params]
 
 
 def _form_value(model: type[BaseModel], key: str, value: str) -> Any:
-    """Form fields are text: a field that is not plain text (lists, numbers, booleans) is JSON in it."""
+    """Form fields are text. A field that takes lists, numbers or booleans gets its value JSON-decoded;
+    a field that also takes plain text (categories) keeps a value that is not a JSON list as text."""
     field = model.model_fields.get(key)
     if field is None or field.annotation is str:
+        return value
+    if _accepts_text(field.annotation) and not value.lstrip().startswith("["):
         return value
     try:
         return json.loads(value)
     except json.JSONDecodeError:
-        return value  # a bare word such as a category name; the model validation decides
+        return value  # the model validation says what is wrong with it
+
+
+def _accepts_text(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    return any(_accepts_text(arg) for arg in typing.get_args(annotation))
 
 
 def _region_options(params) -> RegionOptions | None:
@@ -204,7 +214,7 @@ async def _answer(engine: InferenceEngine, started: float, task: str, image_byte
 def create_app(engine: InferenceEngine) -> FastAPI:
     app = FastAPI(
         title="vlmfo1",
-        version=vlmfo1.__version__ if hasattr(vlmfo1, "__version__") else "0",
+        version=vlmfo1.__version__,
         description="VLM-FO1 perception over HTTP: detection, referring, counting, region captions and OCR, "
         "questions and chat about image regions. Images are sent as bytes (base64 or upload).",
     )

@@ -24,7 +24,12 @@ from typing import Any, Sequence  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
-from vlmfo1.serving.engine import TASK_TEXT_ARGS, TASKS_NEEDING_BOXES, InferenceEngine, RegionOptions  # noqa: E402
+from vlmfo1.serving.engine import (  # noqa: E402
+    TASK_TEXT_ARGS,
+    TASKS_NEEDING_BOXES,
+    InferenceEngine,
+    RegionOptions,
+)
 from vlmfo1.serving.limits import InvalidRequest, PayloadTooLarge, ServingError  # noqa: E402
 
 
@@ -166,11 +171,14 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
     def on_upload(image):
         return image, None, ""
 
-    def on_click(original, corner, boxes_text, event: gr.SelectData):
+    # Events of one page may run in any order: a click or a run can come before the upload event has
+    # stored the original. Until a box is drawn the picture shown *is* the original, so use it then.
+    def on_click(shown, original, corner, boxes_text, event: gr.SelectData):
+        original = original if original is not None else shown
         if original is None:
-            return corner, boxes_text, None
+            return None, corner, boxes_text, None
         corner, boxes_text = add_corner(corner, tuple(event.index[:2]), boxes_text)
-        return corner, boxes_text, boxes_view(original, parse_boxes(boxes_text))
+        return original, corner, boxes_text, boxes_view(original, parse_boxes(boxes_text))
 
     def on_boxes_typed(original, boxes_text):
         if original is None:
@@ -187,7 +195,8 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
         template = TEMPLATES[name]
         return gr.update(placeholder=template.text_hint, interactive=template.text_arg is not None)
 
-    def on_run(original, boxes_text, template_name, text, proposer, min_score):
+    def on_run(shown, original, boxes_text, template_name, text, proposer, min_score):
+        original = original if original is not None else shown
         try:
             annotated, proposals, raw, data = run_template(engine, original, boxes_text, template_name, text, proposer, min_score)
         except ServingError as error:
@@ -226,12 +235,12 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
 
         image_in.upload(on_upload, image_in, [original, corner, boxes_text])
         image_in.clear(lambda: (None, None, ""), None, [original, corner, boxes_text])
-        image_in.select(on_click, [original, corner, boxes_text], [corner, boxes_text, image_in])
+        image_in.select(on_click, [image_in, original, corner, boxes_text], [original, corner, boxes_text, image_in])
         boxes_text.input(on_boxes_typed, [original, boxes_text], image_in)
         clear.click(on_clear_boxes, original, [corner, boxes_text, image_in])
         template.change(on_template, template, text)
         run.click(
-            on_run, [original, boxes_text, template, text, proposer, min_score], [annotated, proposals, raw, result_json, status],
+            on_run, [image_in, original, boxes_text, template, text, proposer, min_score], [annotated, proposals, raw, result_json, status],
             concurrency_limit=engine.limits.max_batch_size,
         )
     demo.queue(max_size=engine.limits.max_queue)

@@ -24,17 +24,21 @@ Each worker is an actor holding the model: one per GPU (`--gpus-per-worker 1`) o
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vlmfo1.serving.engine import SERVING_TASKS, TASK_TEXT_ARGS, TASKS_NEEDING_BOXES, build_task_request
+from vlmfo1.serving.engine import (
+    SERVING_TASKS,
+    TASK_TEXT_ARGS,
+    TASKS_NEEDING_BOXES,
+    build_task_request,
+)
 
 TEXT_LIST_SUFFIXES = (".txt", ".lst", ".list")
 

@@ -24,7 +24,13 @@ from PIL import Image
 
 from vlmfo1 import prompts
 from vlmfo1.serving.batcher import MicroBatcher
-from vlmfo1.serving.limits import InvalidRequest, RequestTimeout, ServingError, ServingLimits, check_regions
+from vlmfo1.serving.limits import (
+    InvalidRequest,
+    RequestTimeout,
+    ServingError,
+    ServingLimits,
+    check_regions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +127,7 @@ class InferenceEngine:
         dtype: str | None = None,
         max_new_tokens: int = 256,
         limits: ServingLimits | None = None,
-    ) -> "InferenceEngine":
+    ) -> InferenceEngine:
         """Loads a model folder or a bundled model by name ("shapeworld"); the first proposer is the default."""
         from vlmfo1.pipeline import FO1Pipeline
         from vlmfo1.proposals import build_proposer

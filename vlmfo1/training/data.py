@@ -257,15 +257,9 @@ def make_proposal_source(spec: Any, base_dir: str | os.PathLike | None = None) -
 
 def _build_proposer(name: str, options: dict[str, Any]):
     """A proposer from the `vlmfo1.proposals` registry (imported only when a config asks for one)."""
-    try:
-        import vlmfo1.proposals as registry
-    except ImportError as error:  # pragma: no cover - depends on the installed extras
-        raise ImportError(f"proposer {name!r} needs vlmfo1.proposals ({error})") from error
-    for factory_name in ("get_proposer", "build_proposer", "create_proposer"):
-        factory = getattr(registry, factory_name, None)
-        if factory is not None:
-            return factory(name, **options)
-    raise ImportError("vlmfo1.proposals has no get_proposer(name, **options) registry function")
+    from vlmfo1.proposals import build_proposer
+
+    return build_proposer(name, **options)
 
 
 def _resolve(path: str | os.PathLike, base_dir: str | os.PathLike | None) -> Path:

@@ -23,7 +23,8 @@ config), bf16, gradient checkpointing and accumulation, checkpoints and resume, 
       learning_rate: 1.0e-3
       ...
 
-Relative paths in `model` and `data` are relative to the config file's folder.
+Relative paths in `model` and `data` are relative to the config file's folder; `training` paths
+(output_dir, deepspeed) to the working folder, as transformers reads them.
 """
 from __future__ import annotations
 
@@ -89,8 +90,36 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(data) - set(CONFIG_SECTIONS))
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}; sections are {list(CONFIG_SECTIONS)}")
-    data["_base_dir"] = str(path.resolve().parent)
-    return data
+    return absolutize_paths(data, path.resolve().parent)
+
+
+def absolutize_paths(config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The model and data paths of a config file, made absolute against the file's folder (so that
+    merged files keep pointing where each one meant). `training` paths stay relative to the working
+    folder, as transformers reads them."""
+    config = copy.deepcopy(config)
+    model = config.get("model") or {}
+    for key in ("init_from", "base_vlm", "tokenizer", "aux_weights"):
+        if model.get(key) is not None:
+            model[key] = str(_resolve(model[key], base_dir))
+    tiny = model.get("tiny")
+    if isinstance(tiny, dict) and tiny.get("tokenizer") not in (None, "qwen", "shapeworld"):
+        tiny["tokenizer"] = str(_resolve(tiny["tokenizer"], base_dir))
+    data = config.get("data") or {}
+    for split in ("train", "eval"):
+        entries = data.get(split)
+        if isinstance(entries, (dict, str)):
+            entries = data[split] = [entries]
+        for position, entry in enumerate(entries or []):
+            if isinstance(entry, str):
+                entry = entries[position] = {"records": entry}
+            for key in ("records", "images"):
+                if entry.get(key) is not None:
+                    entry[key] = str(_resolve(entry[key], base_dir))
+            proposals = entry.get("proposals")
+            if isinstance(proposals, dict) and proposals.get("file") is not None:
+                proposals["file"] = str(_resolve(proposals["file"], base_dir))
+    return config
 
 
 def merge_configs(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -122,20 +151,22 @@ def set_option(config: dict[str, Any], dotted: str) -> dict[str, Any]:
 
 
 def resolve_config(
-    config: str | os.PathLike | dict[str, Any] | None = None,
+    config: str | os.PathLike | dict[str, Any] | Sequence[str | os.PathLike | dict[str, Any]] | None = None,
     stage: Any = None,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The full config of a run: the stage preset (when `stage` is given), the user's config on top,
-    then `section.key=value` overrides. With both, the preset's `stage` block wins (`--stage` asks for it)."""
+    """The full config of a run: the stage preset (when `stage` is given), the user's config(s) on top
+    in order, then `section.key=value` overrides. With both, the preset's `stage` block wins (`--stage`
+    asks for it)."""
     resolved: dict[str, Any] = {}
     if stage is not None:
         resolved = load_config(preset_path(stage))
-    if config is not None:
-        user = load_config(config) if not isinstance(config, dict) else copy.deepcopy(config)
+    configs = [] if config is None else list(config) if isinstance(config, (list, tuple)) else [config]
+    for item in configs:
+        user = load_config(item) if not isinstance(item, dict) else copy.deepcopy(item)
         resolved = merge_configs(resolved, user)
-        if stage is not None:
-            resolved["stage"] = load_config(preset_path(stage))["stage"]
+    if configs and stage is not None:
+        resolved["stage"] = load_config(preset_path(stage))["stage"]
     for option in overrides:
         set_option(resolved, option)
     if "stage" not in resolved:
@@ -148,7 +179,7 @@ def resolve_config(
 # ---------------------------------------------------------------------------------------------
 
 
-def build_model(model_config: dict[str, Any], base_dir: str | os.PathLike | None = None, seed: int = 0):
+def build_model(model_config: dict[str, Any], seed: int = 0):
     """(model, processor) from the `model` section: `init_from`, `base_vlm` or `tiny`."""
     from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
     from vlmfo1.processing.processing_fo1 import FO1Processor
@@ -164,21 +195,21 @@ def build_model(model_config: dict[str, Any], base_dir: str | os.PathLike | None
         tiny = dict(options["tiny"]) if isinstance(options["tiny"], dict) else {"size": options["tiny"]}
         tokenizer = tiny.get("tokenizer", "qwen")
         if tokenizer not in ("qwen", "shapeworld"):
-            tiny["tokenizer"] = str(_resolve(tokenizer, base_dir))
+            tiny["tokenizer"] = str(tokenizer)
         tiny.setdefault("seed", seed)
         model, processor = init_tiny(None, **tiny)
         return model.to(dtype), processor
     if sources[0] == "base_vlm":
         return build_from_base_vlm(
-            _resolve(options["base_vlm"], base_dir),
-            tokenizer=_resolve(options["tokenizer"], base_dir) if options.get("tokenizer") else None,
+            options["base_vlm"],
+            tokenizer=options.get("tokenizer"),
             aux_encoder=options.get("aux_encoder", "davit-large"),
             aux_image_size=int(options.get("aux_image_size", 768)),
-            aux_weights=_resolve(options["aux_weights"], base_dir) if options.get("aux_weights") else None,
+            aux_weights=options.get("aux_weights"),
             dtype=dtype,
             seed=seed,
         )
-    path = _resolve(options["init_from"], base_dir)
+    path = Path(options["init_from"])
     model = FO1ForConditionalGeneration.from_pretrained(str(path), dtype=dtype)
     processor = FO1Processor.from_pretrained(path)
     _check_vocabulary(model, processor)
@@ -295,7 +326,7 @@ def _resolve(path: Any, base_dir: str | os.PathLike | None) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_dataset(data_config: dict[str, Any], split: str, processor, seed: int, base_dir=None) -> FO1TrainingDataset | None:
+def build_dataset(data_config: dict[str, Any], split: str, processor, seed: int) -> FO1TrainingDataset | None:
     entries = (data_config or {}).get(split) or []
     if isinstance(entries, dict):
         entries = [entries]
@@ -312,7 +343,7 @@ def build_dataset(data_config: dict[str, Any], split: str, processor, seed: int,
             raise ValueError(f"data.{split}[{position}]: unknown field(s) {unknown}")
         if "records" not in entry:
             raise ValueError(f"data.{split}[{position}]: needs `records` (a FO1 JSONL file)")
-        sources.append(load_source(base_dir=base_dir, **entry))
+        sources.append(load_source(**entry))
     return FO1TrainingDataset(
         sources,
         processor,
@@ -343,10 +374,39 @@ class FO1Trainer(Trainer):
         excluded = {name for name, parameter in model.named_parameters() if id(parameter) in masked}
         return [name for name in names if name not in excluded]
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Loads a checkpoint's weights through `from_pretrained`. The Trainer's own loader reads the
+        safetensors keys as they are, but `save_pretrained` writes Qwen2.5-VL's sub-model in its hub
+        layout (`vlm.model.layers.*`, `vlm.visual.*`), so those keys would miss and the run would go on
+        from the initial weights with only a warning."""
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or not _is_fo1(target):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        _load_fo1_weights(target, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        target = self.accelerator.unwrap_model(self.model)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or not _is_fo1(target):
+            return super()._load_best_model()
+        _load_fo1_weights(target, self.state.best_model_checkpoint)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return EpochSampler(len(dataset), seed=seed)
+
+
+def _is_fo1(model) -> bool:
+    from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
+
+    return isinstance(model, FO1ForConditionalGeneration)
+
+
+def _load_fo1_weights(model, checkpoint: str | os.PathLike) -> None:
+    """Every weight of `checkpoint` into `model` (strict: a key that does not fit is an error)."""
+    dtype = next(model.parameters()).dtype
+    loaded = type(model).from_pretrained(str(checkpoint), dtype=dtype)
+    model.load_state_dict(loaded.state_dict(), strict=True)
 
 
 class LossHistory(TrainerCallback):
@@ -424,13 +484,12 @@ def train(
 
     from vlmfo1.training.tiny import first_fo1_token_id
 
-    base_dir = config.get("_base_dir")
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     args = training_arguments(config.get("training", {}))
     set_seed(args.seed)
     if model is None:
-        model, processor = build_model(config.get("model", {}), base_dir, seed=args.seed)
+        model, processor = build_model(config.get("model", {}), seed=args.seed)
     elif processor is None:
         raise ValueError("pass the processor with the model")
     spec = stage_spec(config["stage"])
@@ -442,8 +501,8 @@ def train(
         model = apply_lora(model, spec.lora, extra)
 
     data_seed = args.data_seed if args.data_seed is not None else args.seed
-    train_dataset = build_dataset(config.get("data", {}), "train", processor, data_seed, base_dir)
-    eval_dataset = build_dataset(config.get("data", {}), "eval", processor, data_seed, base_dir)
+    train_dataset = build_dataset(config.get("data", {}), "train", processor, data_seed)
+    eval_dataset = build_dataset(config.get("data", {}), "eval", processor, data_seed)
     history = LossHistory()
     trainer = FO1Trainer(
         model=model,
@@ -461,9 +520,7 @@ def train(
     final_dir = Path(args.output_dir)
     if trainer.args.should_save:
         save_trained(trainer, processor, final_dir, spec)
-        (final_dir / RUN_CONFIG_NAME).write_text(
-            yaml.safe_dump({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=False)
-        )
+        (final_dir / RUN_CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
     return TrainResult(final_dir, trainer.state.global_step, history.losses, dict(output.metrics), trainable)
 
 
