@@ -17,7 +17,7 @@ from vlmfo1.evaluation.box_ops import box_iou
 from vlmfo1.pipeline import FO1Pipeline, FO1Result, TaskRequest, parse_categories
 from vlmfo1.pipeline.chunking import ChunkedRegion, merge_chunk_regions, plan_chunks
 from vlmfo1.pipeline.pipeline import resolve_model_path
-from vlmfo1.pipeline.results import RESULT_JSON_SCHEMA, ProposalSet, Region
+from vlmfo1.pipeline.results import RESULT_JSON_SCHEMA, ProposalSet, Region, results_to_coco
 from vlmfo1.pipeline.scoring import GrammarTokenIds, RegionProbabilities, region_emissions, select_score
 from vlmfo1.pipeline.visualize import PALETTE, draw_result
 
@@ -260,6 +260,10 @@ def test_bad_inputs_are_clear_errors(pipeline, image, model, processor):
         FO1Pipeline(model, processor, proposer=None, score="best")
     with pytest.raises(ValueError, match="unknown task"):
         pipeline.run([TaskRequest("segment", image)])
+    with pytest.raises(ValueError, match=r"missing \['categories'\]"):
+        pipeline.run([TaskRequest("detect", image, {"boxes": BOXES})])
+    with pytest.raises(ValueError, match=r"unknown \['per_categroy'\]"):
+        pipeline.run([TaskRequest("detect", image, {"categories": "a", "per_categroy": True, "boxes": BOXES})])
     with pytest.raises(ValueError, match="needs at least one box"):
         pipeline.caption(image, [])
     with pytest.raises(FileNotFoundError, match="no model at"):
@@ -282,6 +286,8 @@ def test_json_round_trip_schema_and_coco(pipeline, image):
     x1, y1, x2, y2 = BOXES[1]
     assert rows[0] == {"image_id": 7, "category_id": 3, "bbox": pytest.approx([x1, y1, x2 - x1, y2 - y1]), "score": SCORES[1]}
     assert result.to_coco(7, {"blue star": 1}) == ([], ["red circle"])
+    many, _ = results_to_coco([(1, result), (2, result)], {"red circle": 3})
+    assert [row["image_id"] for row in many] == [1, 1, 2, 2]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**data, "score_mode": "best"}, RESULT_JSON_SCHEMA)
 

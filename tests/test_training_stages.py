@@ -50,8 +50,8 @@ def run_stage(model, processor, records, tmp_path, stage, steps=3, **training):
     return train(config, model=model, processor=processor)
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_stage1_changes_only_the_new_token_rows_and_the_region_encoder(tokenizer, records, tmp_path, tied):
+@pytest.mark.parametrize("tied, checkpointing", [(True, False), (False, True)])
+def test_stage1_changes_only_the_new_token_rows_and_the_region_encoder(tokenizer, records, tmp_path, tied, checkpointing):
     model, processor = make_model(tokenizer, tie_word_embeddings=tied)
     first_new = first_fo1_token_id(processor.tokenizer)
     embed = model.get_input_embeddings().weight
@@ -63,7 +63,7 @@ def test_stage1_changes_only_the_new_token_rows_and_the_region_encoder(tokenizer
     new_rows_before = embed[first_new:].detach().clone()
     new_head_before = head[first_new:].detach().clone()
 
-    run_stage(model, processor, records, tmp_path, stage=1)
+    run_stage(model, processor, records, tmp_path, stage=1, gradient_checkpointing=checkpointing)
 
     after = snapshot(model)
     groups = group_of_parameters(model)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +209,24 @@ def test_a_new_fo1_is_built_around_a_qwen2_5_vl_folder(tmp_path):
             assert torch.equal(ours, value), name
     assert model.config.region_token_id == processor.region_token_id
     assert model.config.aux_encoder_config.embed_dim == [128, 256, 512, 1024]
+
+
+@pytest.mark.slow
+def test_two_processes_on_cpu_share_the_data(tokenizer, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each step consumes 2 samples, one model is written."""
+    config_ = ShapeWorldConfig.train(objects_per_image=(2, 3), image_size=(96, 96), task_counts={"detection": 1})
+    write_dataset(tmp_path, n=4, seed=0, split="train", config=config_, coordinates=False)
+    model, processor = tiny(tokenizer)
+    model.save_pretrained(tmp_path / "init")
+    processor.save_pretrained(tmp_path / "init")
+    config = {"stage": 1, "model": {"init_from": str(tmp_path / "init")},
+              "data": {"train": [{"records": str(tmp_path / "train.fo1.jsonl")}]},
+              "training": {"output_dir": str(tmp_path / "out"), "max_steps": 4, "per_device_train_batch_size": 1,
+                           "logging_steps": 1, "save_steps": 4, "disable_tqdm": True}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vlmfo1.cli.main"]
+    subprocess.run(torchrun + ["train", "--config", str(tmp_path / "run.yaml")], check=True, capture_output=True,
+                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, timeout=600)
+    state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2.0  # 4 records, 2 processes x batch 1: an epoch every 2 steps
+    FO1ForConditionalGeneration.from_pretrained(str(tmp_path / "out"))

@@ -115,11 +115,12 @@ def scene_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
-    # Running with no image is refused with a message on the page.
+def test_running_without_an_image_explains_why(page):
     page.locator("#run").click()
     page.get_by_text("upload an image first").first.wait_for()
 
+
+def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
     page.locator("#input-image input[type=file]").set_input_files(str(scene_file(tmp_path)))
     picture = page.locator("#input-image img")
     picture.wait_for()
@@ -135,9 +136,12 @@ def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
     drawn = [float(v) for v in page.locator("#boxes textarea").input_value().split(",")]
     assert drawn == pytest.approx([18, 18, 82, 82], abs=2)
 
-    # Three more regions typed into the boxes text: the picture shows all four.
-    others = ["110, 60, 180, 130", "5, 100, 40, 140", "120, 5, 190, 40"]
-    page.locator("#boxes textarea").fill(page.locator("#boxes textarea").input_value() + "\n" + "\n".join(others))
+    # Three more regions typed into the boxes text; the picture is redrawn with them.
+    drawn_picture = picture.get_attribute("src")
+    page.locator("#boxes textarea").click()
+    page.keyboard.press("End")
+    page.keyboard.type("\n110, 60, 180, 130\n5, 100, 40, 140\n120, 5, 190, 40")
+    page.wait_for_function("(before) => document.querySelector('#input-image img').src !== before", arg=drawn_picture)
 
     page.locator("#prompt-text textarea, #prompt-text input").first.fill("red circle")
     page.locator("#run").click()

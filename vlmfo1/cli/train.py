@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -62,6 +63,8 @@ def train_command(
         typer.echo(yaml.safe_dump({k: v for k, v in resolved.items() if not k.startswith("_")}, sort_keys=False))
         return
     result = train(resolved, resume=str(resume_from) if resume_from else ("auto" if resume else None))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # one summary line per run, from the main process
     console = Console()
     last = f"{result.losses[-1][1]:.4f}" if result.losses else "n/a"
     console.print(f"[green]trained[/green] {result.global_step} steps, last logged loss {last}; model in {result.output_dir}")

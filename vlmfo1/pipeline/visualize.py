@@ -2,7 +2,7 @@
 
 Detections: a box per region in its label's colour, tagged "label score #index"; masks (when the
 proposer gave them) filled faintly in the same colour. Free-text mentions: white boxes tagged
-"#index". Region answers (captions, OCR): the box tagged "#index: text". Optionally every proposal
+"#index". Region answers (captions, OCR): gold boxes tagged "#index: text". Optionally every proposal
 as a thin grey box underneath. The answer text is written under the picture.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ PALETTE = (
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
 MENTION_COLOUR = (255, 255, 255)
+REGION_ANSWER_COLOUR = (255, 215, 0)  # not in the palette: a caption box is no detection
 PROPOSAL_COLOUR = (200, 200, 200, 110)
 # Small images are enlarged to at least this long side, so that tags stay legible.
 MIN_LONG_SIDE = 640
@@ -59,7 +60,7 @@ def draw_result(
 
     draw = ImageDraw.Draw(canvas)
     for answer in result.region_answers:
-        _box_with_tag(draw, _scaled(answer.box, scale), f"#{answer.index}: {_short(answer.text)}", PALETTE[0], line, font)
+        _box_with_tag(draw, _scaled(answer.box, scale), f"#{answer.index}: {_short(answer.text)}", REGION_ANSWER_COLOUR, line, font)
     for region in result.mentions:
         _box_with_tag(draw, _scaled(region.box, scale), f"#{region.index}", MENTION_COLOUR, line, font)
     for region in result.detections:

@@ -9,10 +9,11 @@ whose longer side is at most ``max_side`` pixels and mapping the boxes back to t
   outer edge contours. Uses only core OpenCV functions, so any ``cv2`` build works; about
   10x faster than selective search.
 
-Both score a box by its colour contrast with the ring around it (`colour_contrast`), the
-"colour contrast" objectness cue of Alexe et al. OpenCV ranks selective-search boxes with an
-internal random generator that ``cv2.setRNGSeed`` does not reach (the same image gives the
-same boxes in a different order on every call), so its order is not used.
+Both score a box by its colour contrast with the ring around it (`colour_contrast`, the
+"colour contrast" objectness cue of Alexe et al.) times a mild size prior (`objectness`).
+OpenCV ranks selective-search boxes with an internal random generator that
+``cv2.setRNGSeed`` does not reach (the same image gives the same boxes in a different order
+on every call), so its order is not used.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _xywh_to_xyxy(rects: np.ndarray) -> np.ndarray:
 
 
 class SelectiveSearchProposer(Proposer):
-    """OpenCV selective search on a copy downscaled to ``max_side``, boxes scored by `colour_contrast`.
+    """OpenCV selective search on a copy downscaled to ``max_side``, boxes scored by `objectness`.
 
     ``mode``: ``"fast"`` (default; 2 colour spaces x 2 segmentation scales x 2 strategies),
     ``"quality"`` (more boxes, several times slower) or ``"single"`` (one strategy, fastest).
@@ -71,6 +72,7 @@ class SelectiveSearchProposer(Proposer):
         mode: Literal["fast", "quality", "single"] = "fast",
         max_side: int | None = 384,
         ring: float = 0.15,
+        size_prior: float = 0.2,
         postprocess: PostProcessConfig | None = None,
     ) -> None:
         super().__init__(postprocess)
@@ -79,6 +81,7 @@ class SelectiveSearchProposer(Proposer):
         self.mode = mode
         self.max_side = max_side
         self.ring = ring
+        self.size_prior = size_prior
         self._cv2 = import_cv2(contrib=True)
 
     def _propose(self, image: Image.Image, *, image_id: str | None, prompts: list[str] | None) -> Proposals:
@@ -98,7 +101,7 @@ class SelectiveSearchProposer(Proposer):
         # A canonical order (OpenCV's changes from call to call) so score ties break repeatably.
         rects = np.unique(np.asarray(rects).reshape(-1, 4), axis=0)
         boxes = _xywh_to_xyxy(rects)
-        scores = colour_contrast(cv2.cvtColor(small, cv2.COLOR_BGR2LAB), boxes, self.ring, cv2)
+        scores = objectness(cv2.cvtColor(small, cv2.COLOR_BGR2LAB), boxes, self.ring, self.size_prior, cv2)
         return Proposals(boxes / scale, scores)
 
 
@@ -131,20 +134,28 @@ def colour_contrast(lab: np.ndarray, boxes: np.ndarray, ring: float, cv2: Any) -
     return np.where(ring_area >= 0.05 * np.maximum(inner_area, 1), contrast, 0.0).astype(np.float32)
 
 
+def objectness(lab: np.ndarray, boxes: np.ndarray, ring: float, size_prior: float, cv2: Any) -> np.ndarray:
+    """`colour_contrast` x (box area / image area) ** ``size_prior``.
+
+    The mild size prior ranks a large object above small high-contrast texture (blobs,
+    windows, leaves) of equal contrast; 0 turns it off."""
+    height, width = lab.shape[:2]
+    area_share = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(height * width)
+    prior = np.clip(area_share, 1e-6, 1.0) ** size_prior
+    return (colour_contrast(lab, boxes, ring, cv2) * prior).astype(np.float32)
+
+
 def _box_sums(integral: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
     return integral[y2, x2] - integral[y1, x2] - integral[y2, x1] + integral[y1, x1]
 
 
 class ContourProposer(Proposer):
-    """Boxes of edge-bounded regions and outer edge contours, scored by colour contrast.
+    """Boxes of edge-bounded regions and outer edge contours, scored by `objectness`.
 
     Edges: Canny on the blurred Lab image at thresholds ``canny_factors`` x the median gradient
     (so it adapts to the image's contrast), dilated to close small gaps. Candidates: the
     bounding boxes of the connected regions between edges and of the outer edge contours.
-    Score: Lab distance between a box's mean colour and the mean colour of the ring
-    ``ring`` x its size around it, divided by 100 and clipped to [0, 1]; boxes whose ring falls
-    mostly outside the image (background-sized boxes) score 0.
     """
 
     def __init__(
@@ -153,6 +164,7 @@ class ContourProposer(Proposer):
         max_side: int | None = 512,
         canny_factors: tuple[float, ...] = (1.0, 2.0, 4.0),
         ring: float = 0.15,
+        size_prior: float = 0.2,
         min_side_pixels: int = 4,
         postprocess: PostProcessConfig | None = None,
     ) -> None:
@@ -162,6 +174,7 @@ class ContourProposer(Proposer):
         self.max_side = max_side
         self.canny_factors = tuple(canny_factors)
         self.ring = ring
+        self.size_prior = size_prior
         self.min_side_pixels = min_side_pixels
         self._cv2 = import_cv2(contrib=False)
 
@@ -194,7 +207,7 @@ class ContourProposer(Proposer):
         boxes = self._candidates(lab_blurred)
         if len(boxes) == 0:
             return Proposals.empty()
-        scores = colour_contrast(lab, boxes, self.ring, cv2)
+        scores = objectness(lab, boxes, self.ring, self.size_prior, cv2)
         return Proposals(boxes / scale, scores)
 
 

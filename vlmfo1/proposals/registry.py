@@ -110,6 +110,8 @@ def build_proposer(
     ``device=``); ``postprocess`` overrides the proposer's default `PostProcessConfig` fields."""
     name, arg = parse_spec(spec)
     cls = get_proposer_class(name)
+    if options.get("prompts") is not None and not cls.accepts_prompts:
+        raise ValueError(f"proposer {name!r} is not text-prompted; drop the prompts")
     if postprocess is not None:
         if isinstance(postprocess, Mapping):
             known = {f.name for f in fields(PostProcessConfig)}

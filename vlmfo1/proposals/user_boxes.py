@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from PIL import Image
@@ -71,8 +71,8 @@ def _from_coco_dataset(data: Mapping[str, Any]) -> dict[str, Proposals]:
             raise ValueError(f"COCO annotation {annotation.get('id')} refers to unknown image_id {annotation['image_id']}")
         grouped[annotation["image_id"]].append(annotation)
     result = {}
-    for image_id, annotations in grouped.items():
-        result[names[image_id]] = _coco_annotations_to_proposals(annotations, categories, f"COCO image {image_id}")
+    for image_id, image_annotations in grouped.items():
+        result[names[image_id]] = _coco_annotations_to_proposals(image_annotations, categories, f"COCO image {image_id}")
     return result
 
 

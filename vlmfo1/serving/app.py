@@ -216,7 +216,7 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
         with gr.Row():
             with gr.Column():
                 image_in = gr.Image(type="pil", label="Image (click two corners to draw a box)", sources=["upload", "clipboard"],
-                                    format="png", elem_id="input-image")
+                                    format="png", height=360, elem_id="input-image")
                 boxes_text = gr.Textbox(label="Boxes: x1, y1, x2, y2 per line (line K is <regionK>)", lines=3, elem_id="boxes")
                 clear = gr.Button("Clear boxes", size="sm", elem_id="clear-boxes")
                 template = gr.Dropdown(list(TEMPLATES), value=DEFAULT_TEMPLATE, label="Task", elem_id="task")
@@ -236,7 +236,8 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
         image_in.upload(on_upload, image_in, [original, corner, boxes_text])
         image_in.clear(lambda: (None, None, ""), None, [original, corner, boxes_text])
         image_in.select(on_click, [image_in, original, corner, boxes_text], [original, corner, boxes_text, image_in])
-        boxes_text.input(on_boxes_typed, [original, boxes_text], image_in)
+        # always_last: keystrokes that come while the picture is redrawn are not lost; the last text wins.
+        boxes_text.input(on_boxes_typed, [original, boxes_text], image_in, trigger_mode="always_last", show_progress="hidden")
         clear.click(on_clear_boxes, original, [corner, boxes_text, image_in])
         template.change(on_template, template, text)
         run.click(

@@ -22,7 +22,6 @@ resumed run sees exactly the samples an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 from collections import OrderedDict
@@ -39,7 +38,6 @@ from vlmfo1.data.records import GPT, HUMAN, FO1Record, read_records
 from vlmfo1.evaluation.box_ops import pairwise_iou
 from vlmfo1.processing.image_processing import load_image
 
-logger = logging.getLogger(__name__)
 
 _REGION_RE = re.compile(r"<region(\d+)>")
 _ROLES = {HUMAN: "user", GPT: "assistant"}
@@ -170,7 +168,8 @@ def shuffle_regions(record: FO1Record, rng: np.random.Generator) -> FO1Record:
 
 class Proposer(Protocol):
     """Anything that proposes boxes for an image: `proposer(image)` returns an object with
-    `boxes` ([N, 4] xyxy pixels) and `scores` ([N]) — `vlmfo1.proposals`' proposers do."""
+    `boxes` ([N, 4] xyxy pixels) and `scores` ([N]) — `vlmfo1.proposals`' proposers do — or a
+    `{"boxes", "scores"}` dict, or a `(boxes, scores)` pair."""
 
     def __call__(self, image: Any) -> Any: ...
 
@@ -229,6 +228,7 @@ class ProposerSource(ProposalSource):
 
 
 def _get(obj: Any, name: str, *default):
+    """A field of a proposer's result, whichever of the `Proposer` forms it has."""
     if isinstance(obj, dict):
         return obj[name] if not default else obj.get(name, default[0])
     if isinstance(obj, (tuple, list)) and len(obj) == 2:

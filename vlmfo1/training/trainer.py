@@ -440,11 +440,14 @@ def training_arguments(training: dict[str, Any], output_dir: str | os.PathLike |
     if settings.get(checkpointing) and not settings.get(f"{checkpointing}_kwargs"):
         # Reentrant checkpointing drops gradients when a layer's inputs need none (frozen embeddings).
         settings[f"{checkpointing}_kwargs"] = {"use_reentrant": False}
-    if (settings.get("bf16") or settings.get("fp16")) and not _has_accelerator() and not settings.get("use_cpu"):
-        # Documented recovery: the presets ask for bf16 (GPUs); on a CPU-only machine train in fp32,
-        # which is also faster than bf16 autocast on most CPUs. `use_cpu: true` keeps CPU autocast.
-        logger.warning("no GPU: training in float32 (the config's bf16/fp16 applies on GPUs only)")
-        settings["bf16"] = settings["fp16"] = False
+    if not _has_accelerator():
+        if (settings.get("bf16") or settings.get("fp16")) and not settings.get("use_cpu"):
+            # Documented recovery: the presets ask for bf16 (GPUs); on a CPU-only machine train in fp32,
+            # which is also faster than bf16 autocast on most CPUs. `use_cpu: true` keeps CPU autocast.
+            logger.warning("no GPU: training in float32 (the config's bf16/fp16 applies on GPUs only)")
+            settings["bf16"] = settings["fp16"] = False
+        # Without it, processes started by torchrun/accelerate on CPUs would each train alone.
+        settings.setdefault("use_cpu", True)
     settings.update(_FORCED_ARGS)
     return TrainingArguments(**settings)
 
@@ -518,8 +521,8 @@ def train(
     output = trainer.train(resume_from_checkpoint=checkpoint)
     applied.remove()
     final_dir = Path(args.output_dir)
+    save_trained(trainer, processor, final_dir, spec)
     if trainer.args.should_save:
-        save_trained(trainer, processor, final_dir, spec)
         (final_dir / RUN_CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
     return TrainResult(final_dir, trainer.state.global_step, history.losses, dict(output.metrics), trainable)
 
@@ -544,13 +547,17 @@ def _checkpoint_to_resume(resume, output_dir: Path) -> str | None:
 
 
 def save_trained(trainer: Trainer, processor, out_dir: Path, spec) -> None:
-    """The final model in `out_dir` (LoRA merged into the weights; the adapter alone in `adapter/`)."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if spec.lora is not None:
-        model.save_pretrained(str(out_dir / "adapter"))
-        model = model.merge_and_unload()
-        model.save_pretrained(str(out_dir))
-    else:
+    """The final model in `out_dir` (LoRA merged into the weights; the adapter alone in `adapter/`).
+    `Trainer.save_model` runs on every process: under ZeRO-3/FSDP it gathers the shards."""
+    if spec.lora is None:
         trainer.save_model(str(out_dir))
-    processor.save_pretrained(out_dir)
-    (out_dir / "fo1_stage.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    else:
+        trainer.save_model(str(out_dir / "adapter"))
+        if trainer.args.should_save:
+            # Needs the whole model in this process (not ZeRO-3 partitioned): merge the adapter later
+            # with peft if it is not.
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(str(out_dir))
+    if trainer.args.should_save:
+        processor.save_pretrained(out_dir)
+        (out_dir / "fo1_stage.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")

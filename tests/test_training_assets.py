@@ -1,0 +1,66 @@
+"""The small tokenizer, the bundled ShapeWorld demo model and its recipe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlmfo1 import prompts
+from vlmfo1.data.shapeworld import SHAPES, generate_example
+from vlmfo1.processing.tokenization import fo1_special_tokens
+from vlmfo1.training.tiny import QWEN_SPECIAL_TOKENS, first_fo1_token_id, shapeworld_corpus, train_small_tokenizer
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "vlmfo1" / "assets" / "shapeworld-fo1"
+
+
+def test_small_tokenizer_round_trips_shapeworld_text_and_keeps_special_tokens_whole():
+    tokenizer = train_small_tokenizer(shapeworld_corpus(40), vocab_size=600)
+    assert tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)) == list(range(7))
+    fo1 = fo1_special_tokens()
+    ids = tokenizer.convert_tokens_to_ids(fo1)
+    assert ids == list(range(first_fo1_token_id(tokenizer), first_fo1_token_id(tokenizer) + len(fo1)))
+    unseen = generate_example(index=3, seed=99, split="other")  # scenes the tokenizer never saw
+    for record in unseen.fo1_records():
+        for turn in record.conversations:
+            text = turn["value"]
+            assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    answer = prompts.format_grounded_answer([("red circle", [2, 17])])
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    assert pieces[0] == "<ground>" and pieces[-3:] == ["<region2>", "<region17>", "</objects>"]
+    assert tokenizer.decode(tokenizer("naïve 東京 ✓", add_special_tokens=False)["input_ids"]) == "naïve 東京 ✓"
+
+
+@pytest.mark.skipif(not (DEMO_MODEL / "model.safetensors").exists(), reason="the demo model is not built yet")
+def test_the_bundled_demo_model_is_small_loads_and_answers_in_the_grammar():
+    from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
+    from vlmfo1.parsing import parse_answer
+    from vlmfo1.processing.processing_fo1 import FO1Processor
+
+    size = sum(path.stat().st_size for path in DEMO_MODEL.rglob("*") if path.is_file())
+    assert size <= 20 * 2**20
+    card = (DEMO_MODEL / "README.md").read_text()
+    assert "vlmfo1 train-demo" in card and "mAP" in card and "counting" in card
+    model = FO1ForConditionalGeneration.from_pretrained(str(DEMO_MODEL)).eval()
+    processor = FO1Processor.from_pretrained(DEMO_MODEL)
+    example = generate_example(index=0, seed=4242, split="test")
+    record = next(r for r in example.fo1_records() if r.task == "detect_everything")
+    inputs = processor(images=example.scene.image, boxes=record.bbox_list, text=record.prompt)
+    ids = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+    text = processor.decode(ids[0, inputs["input_ids"].shape[1]:]).split("<|im_end|>")[0]
+    parsed = parse_answer(text, record.bbox_list)
+    assert parsed.groups and not parsed.warnings, text
+    assert {group.label for group in parsed.groups} <= set(SHAPES)  # detect-everything labels are shape names
+
+
+@pytest.mark.slow
+def test_the_demo_recipe_runs_end_to_end_from_the_cli(tmp_path):
+    from vlmfo1.cli.main import build_app
+
+    result = CliRunner().invoke(build_app(), ["train-demo", "--out", str(tmp_path), "--quick", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "recipe.json").read_text())
+    assert set(report["wall_seconds"]) >= {"data", "tokenizer", "stage0", "stage1", "stage2", "eval", "total"}
+    assert report["metrics"]["detection_map"]["images"] == 4 and report["metrics"]["counting"]["num_items"] == 4
+    assert (tmp_path / "model" / "model.safetensors").exists() and not (tmp_path / "model" / "checkpoint-2").exists()
