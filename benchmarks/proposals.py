@@ -2,6 +2,7 @@
 
     python benchmarks/proposals.py                       # both proposers, 20 scenes per setting
     python benchmarks/proposals.py --proposers contours --scenes 5
+    python benchmarks/proposals.py --proposers contours --widths 640 --first-seed 2000 --option size_prior=0
 
 Prints, per proposer, image width and scene kind (plain / cluttered background): images/s,
 proposals/s (boxes returned per second), mean proposals per image, and recall@100 at IoU 0.5
@@ -11,6 +12,7 @@ proposals/s (boxes returned per second), mean proposals per image, and recall@10
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -28,17 +30,20 @@ def main() -> None:
     parser.add_argument("--widths", nargs="+", type=int, default=[320, 640, 1280])
     parser.add_argument("--scenes", type=int, default=20, help="scenes per (width, kind)")
     parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first scene")
+    parser.add_argument("--option", action="append", default=[], help="proposer option KEY=JSON, e.g. size_prior=0")
     args = parser.parse_args()
+    options = {key: json.loads(value) for key, _, value in (pair.partition("=") for pair in args.option)}
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     print(f"{'proposer':<18}{'width':>6} {'scenes':<10}{'img/s':>8}{'props/s':>10}{'props/img':>10}{'recall@' + str(args.top_k):>12}")
     for spec in args.proposers:
-        proposer = build_proposer(spec, postprocess={"top_k": args.top_k})
+        proposer = build_proposer(spec, postprocess={"top_k": args.top_k}, **options)
         proposer.propose(make_scene(0, (320, 240))[0])  # warm-up: imports, thread pools
         for width in args.widths:
             size = (width, width * 3 // 4)
             for clutter in (False, True):
-                scenes = [make_scene(seed, size, clutter=clutter) for seed in range(args.scenes)]
+                scenes = [make_scene(seed, size, clutter=clutter) for seed in range(args.first_seed, args.first_seed + args.scenes)]
                 recalls, counts = [], []
                 start = time.perf_counter()
                 for image, boxes in scenes:

@@ -93,7 +93,7 @@ def test_folder_with_progress_keeps_going_past_a_bad_image(app, model_dir, tmp_p
 @pytest.mark.parametrize(
     "command, args, task",
     [
-        ("refer", ["the red circle"], "refer"),
+        ("refer", ["the red circle", "--dtype", "bfloat16"], "refer"),
         ("caption", [], "caption"),
         ("ocr", [], "ocr"),
         ("ask", ["What is in <region0>?"], "ask"),
@@ -153,6 +153,8 @@ def test_clear_errors(app, model_dir, tmp_path):
     assert missing_boxes.exit_code == 2 and "boxes file not found" in missing_boxes.output
     bad_score = invoke(app, "detect", image, "red circle", "--model", model_dir, "--score", "best")
     assert bad_score.exit_code == 2 and "unknown score mode" in bad_score.output
+    bad_dtype = invoke(app, "detect", image, "red circle", "--model", model_dir, "--dtype", "int8")
+    assert bad_dtype.exit_code == 2 and "unknown dtype" in bad_dtype.output
 
 
 def test_cli_import_does_not_load_torch():

@@ -16,7 +16,7 @@ from vlmfo1 import prompts
 from vlmfo1.evaluation.box_ops import box_iou
 from vlmfo1.pipeline import FO1Pipeline, FO1Result, TaskRequest, parse_categories
 from vlmfo1.pipeline.chunking import ChunkedRegion, merge_chunk_regions, plan_chunks
-from vlmfo1.pipeline.pipeline import resolve_model_path
+from vlmfo1.pipeline.pipeline import BUNDLED_MODELS, resolve_model_path
 from vlmfo1.pipeline.results import RESULT_JSON_SCHEMA, ProposalSet, Region, results_to_coco
 from vlmfo1.pipeline.scoring import GrammarTokenIds, RegionProbabilities, region_emissions, select_score
 from vlmfo1.pipeline.visualize import PALETTE, draw_result
@@ -231,6 +231,25 @@ def test_run_batches_requests_on_different_images(pipeline):
         assert [r.box for r in result.detections] == [request.args["boxes"][1], request.args["boxes"][3]]
 
 
+def test_requests_on_one_image_share_its_encoding(pipeline, image, model, monkeypatch):
+    encodings = []
+    original = model.encode_images
+    # Counts the images the ViT encodes (a batch encodes several in one call).
+    monkeypatch.setattr(model, "encode_images", lambda pixels, grid: encodings.append(len(grid)) or original(pixels, grid))
+    detect, count = pipeline.run([
+        TaskRequest("detect", image, {"categories": "red circle", "boxes": BOXES}),
+        TaskRequest("count", image.copy(), {"category": "red circles", "boxes": BOXES}),  # same pixels, another object
+    ])
+    assert sum(encodings) == 1
+    assert [r.index for r in detect.detections] == [r.index for r in count.detections] == [1, 3]
+    encodings.clear()
+    pipeline.run([
+        TaskRequest("detect", image, {"categories": "red circle", "boxes": BOXES}),
+        TaskRequest("detect", image, {"categories": "red circle", "boxes": BOXES[:5]}),  # other regions: no sharing
+    ])
+    assert sum(encodings) == 2
+
+
 def test_proposer_callable_and_registry_spec(model, processor, image, tmp_path):
     class FixedProposer:
         def __call__(self, img):
@@ -268,6 +287,12 @@ def test_bad_inputs_are_clear_errors(pipeline, image, model, processor):
         pipeline.caption(image, [])
     with pytest.raises(FileNotFoundError, match="no model at"):
         resolve_model_path("/nonexistent/model")
+
+
+def test_a_missing_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(BUNDLED_MODELS, "shapeworld", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="bundled 'shapeworld' model is not in this installation"):
+        FO1Pipeline.from_pretrained("shapeworld", proposer=None)
 
 
 def test_parse_categories():

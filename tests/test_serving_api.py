@@ -104,7 +104,7 @@ ENDPOINT_BODIES = {
     "/v1/detect-like": ({"reference_box": BOXES[0], "boxes": BOXES[1:]}, "detect_like", None),
     "/v1/grounded-caption": ({"boxes": BOXES}, "grounded_caption", None),
     "/v1/reason": ({"question": "Which shape is largest?", "boxes": BOXES}, "reason", None),
-    "/v1/detect-everything": ({"boxes": BOXES}, "ask",
+    "/v1/detect-everything": ({"boxes": BOXES}, "detect_everything",
                               ["Please identify every object in the image and provide their labels along with their indexes."]),
 }
 

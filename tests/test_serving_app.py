@@ -66,19 +66,19 @@ def test_parse_boxes_names_the_bad_line(text, message):
 
 
 def test_two_clicks_draw_one_box_and_boxes_accumulate():
-    corner, text = add_corner(None, (50, 60), "")
-    assert corner == (50.0, 60.0) and text == ""
-    corner, text = add_corner(corner, (10, 20), text)
-    assert corner is None and parse_boxes(text) == [[10, 20, 50, 60]]
-    corner, text = add_corner(None, (100, 5), text)
-    corner, text = add_corner(corner, (120, 30), text)
-    assert parse_boxes(text) == [[10, 20, 50, 60], [100, 5, 120, 30]]
-    assert format_boxes(parse_boxes(text)) == text
+    corner, boxes = add_corner(None, (50, 60), [])
+    assert corner == (50.0, 60.0) and boxes == []
+    corner, boxes = add_corner(corner, (10, 20), boxes)
+    assert corner is None and boxes == [[10, 20, 50, 60]]
+    corner, boxes = add_corner(None, (100, 5), boxes)
+    corner, boxes = add_corner(corner, (120, 30), boxes)
+    assert boxes == [[10, 20, 50, 60], [100, 5, 120, 30]]
+    assert parse_boxes(format_boxes(boxes)) == boxes
 
 
 def test_a_double_click_on_one_spot_draws_nothing():
-    corner, text = add_corner((10, 10), (10.4, 30), "1, 2, 3, 4")
-    assert corner is None and text == "1, 2, 3, 4"
+    corner, boxes = add_corner((10, 10), (10.4, 30), [[1, 2, 3, 4]])
+    assert corner is None and boxes == [[1, 2, 3, 4]]
 
 
 def test_templates_map_to_tasks_and_their_text():

@@ -115,6 +115,20 @@ def scene_file(tmp_path: Path) -> Path:
     return path
 
 
+def painted_area(picture) -> tuple[float, float, float]:
+    """Page position of the image's top-left pixel and its display scale (the <img> is object-fit)."""
+    box = picture.bounding_box()
+    fit, natural_width, natural_height = picture.evaluate("i => [getComputedStyle(i).objectFit, i.naturalWidth, i.naturalHeight]")
+    scale = min(box["width"] / natural_width, box["height"] / natural_height)
+    if fit == "scale-down":
+        scale = min(scale, 1.0)
+    elif fit not in ("contain", "scale-down"):
+        scale = box["width"] / natural_width
+    left = box["x"] + (box["width"] - natural_width * scale) / 2
+    top = box["y"] + (box["height"] - natural_height * scale) / 2
+    return left, top, scale
+
+
 def test_running_without_an_image_explains_why(page):
     page.locator("#run").click()
     page.get_by_text("upload an image first").first.wait_for()
@@ -125,13 +139,11 @@ def test_upload_draw_and_detect_in_a_browser(page, tmp_path):
     picture = page.locator("#input-image img")
     picture.wait_for()
     page.wait_for_function("() => { const i = document.querySelector('#input-image img'); return i && i.naturalWidth === 200; }")
-    box = picture.bounding_box()
-    scale = box["width"] / 200
+    left, top, scale = painted_area(picture)
 
     # Draw a box around the red circle: two clicks on opposite corners.
-    page.mouse.click(box["x"] + 18 * scale, box["y"] + 18 * scale)
-    page.wait_for_timeout(300)
-    page.mouse.click(box["x"] + 82 * scale, box["y"] + 82 * scale)
+    page.mouse.click(left + 18 * scale, top + 18 * scale)
+    page.mouse.click(left + 82 * scale, top + 82 * scale)
     page.wait_for_function("() => document.querySelector('#boxes textarea').value.trim().length > 0")
     drawn = [float(v) for v in page.locator("#boxes textarea").input_value().split(",")]
     assert drawn == pytest.approx([18, 18, 82, 82], abs=2)

@@ -7,7 +7,7 @@ gave each (for the LLM region score):
 * calls with the same `share_key` (same image, same boxes, e.g. 80 category questions) go through
   `prefix_cache`: the image and regions are encoded once and their KV cache reused;
 * the other calls are batched, `batch_size` prompts per forward, left-padded (each may have a
-  different image and number of regions).
+  different image and number of regions); calls with similar region counts are batched together.
 
 Decoding is greedy with every sampling and penalty option neutral, whatever the checkpoint's
 generation_config says, so answers are reproducible.
@@ -112,7 +112,8 @@ class FO1Generator:
         for members in groups.values():
             if len(members) == 1 or not self._generate_shared(calls, members, results):
                 alone += members
-        alone.sort()
+        # Similar prompt lengths in one batch waste less on padding; the region count sets most of it.
+        alone.sort(key=lambda position: (len(calls[position].boxes), position))
         for start in range(0, len(alone), self.batch_size):
             batch = alone[start : start + self.batch_size]
             for position, generated in zip(batch, self._generate_batch([calls[i] for i in batch])):

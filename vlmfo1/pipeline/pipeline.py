@@ -9,7 +9,8 @@
 Every task method takes one image (path, PIL image, array or bytes) and returns an `FO1Result`.
 Regions come from the pipeline's proposer unless `boxes` (xyxy, original pixels; optional
 `scores`) are given. `run` answers many task requests together: calls on different images are
-batched, questions on one image share its encoded prefix (see `generation`).
+batched, and calls on the same image and regions (several questions of one request, or several
+requests on one image) share its encoded prefix (see `generation`).
 
 More than `max_regions` (100) regions: grounded tasks (detect, refer, count, detect_like,
 detect_everything) and per-region tasks (caption, ocr) split them into chunks and merge
@@ -18,6 +19,7 @@ chunks and raise a ValueError.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -151,11 +153,11 @@ class FO1Pipeline:
         from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
         from vlmfo1.processing.processing_fo1 import FO1Processor
 
+        dtypes = {"auto": None, None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in dtypes:
+            raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
         path = resolve_model_path(model)
-        torch_dtype = None if dtype in (None, "auto") else getattr(torch, dtype, None)
-        if dtype not in (None, "auto") and not isinstance(torch_dtype, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-        loaded = FO1ForConditionalGeneration.from_pretrained(path, **({"dtype": torch_dtype} if torch_dtype else {}))
+        loaded = FO1ForConditionalGeneration.from_pretrained(path, **({"dtype": dtypes[dtype]} if dtypes[dtype] else {}))
         return cls(loaded.to(device), FO1Processor.from_pretrained(path), proposer=proposer, **kwargs)
 
     @property
@@ -211,7 +213,7 @@ class FO1Pipeline:
     # -- many requests -----------------------------------------------------------------------
     def run(self, requests: Sequence[TaskRequest]) -> list[FO1Result]:
         """Answers task requests together (batched across images; prefixes shared within a request)."""
-        plans = [self._plan(request, number) for number, request in enumerate(requests)]
+        plans = [self._plan(request) for request in requests]
         calls = [call for plan in plans for call in plan.calls]
         generations = self.generator.generate(calls)
         results, start = [], 0
@@ -221,18 +223,18 @@ class FO1Pipeline:
         return results
 
     # -- planning ----------------------------------------------------------------------------
-    def _plan(self, request: TaskRequest, number: int) -> _Plan:
+    def _plan(self, request: TaskRequest) -> _Plan:
         args = _check_arguments(request)
         boxes, scores = args.pop("boxes", None), args.pop("scores", None)
         if request.task == "chat":
-            return self._plan_chat(request, args["messages"], boxes, scores, number)
+            return self._plan_chat(request, args["messages"], boxes, scores)
         if request.image is None:
             raise ValueError(f"task {request.task!r} needs an image")
         image = load_image(request.image)
         task = request.task
         if task == "detect_like":
             proposals = self._regions(image, request.image, boxes, scores, reference=args["reference_box"])
-            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.visual_prompt_detection_prompt([0])], number, pinned=[0])
+            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.visual_prompt_detection_prompt([0])], pinned=[0])
         asked = {
             "detect": lambda: parse_categories(args["categories"]),
             "count": lambda: [args["category"]],
@@ -242,46 +244,46 @@ class FO1Pipeline:
         if task == "detect":
             categories = asked
             if args.get("per_category"):
-                plan = self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(c) for c in categories], number, labels=categories)
+                plan = self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(c) for c in categories], labels=categories)
             else:
-                plan = self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(categories)], number)
+                plan = self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(categories)])
             plan.asked_labels = categories
             return plan
         if task == "refer":
-            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(args["expression"])], number)
+            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detection_prompt(args["expression"])])
         if task == "count":
-            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.counting_prompt(args["category"])], number)
+            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.counting_prompt(args["category"])])
         if task == "detect_everything":
-            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detect_everything_prompt()], number)
+            return self._plan_prompts(task, _GROUNDED, image, proposals, [prompts.detect_everything_prompt()])
         if task in ("caption", "ocr"):
             make_prompt = prompts.ocr_prompt if task == "ocr" else (
                 prompts.detailed_caption_prompt if args.get("detailed") else prompts.brief_caption_prompt
             )
-            return self._plan_per_region(task, image, proposals, make_prompt, number)
+            return self._plan_per_region(task, image, proposals, make_prompt)
         text = {
             "ask": lambda: args["question"],
             "grounded_caption": prompts.grounded_caption_prompt,
             "reason": lambda: prompts.reasoning_prompt(args["question"]),
         }[task]()
         self._check_fits(task, proposals)
-        return self._plan_prompts(task, _FREE, image, proposals, [text], number)
+        return self._plan_prompts(task, _FREE, image, proposals, [text])
 
     def _plan_prompts(
-        self, task, kind, image, proposals, texts, number, labels: Sequence[str] | None = None, pinned: Sequence[int] = ()
+        self, task, kind, image, proposals, texts, labels: Sequence[str] | None = None, pinned: Sequence[int] = ()
     ) -> _Plan:
         """Every text asked on every chunk of the regions."""
         chunks = plan_chunks(len(proposals), self.max_regions, pinned) if len(proposals) else [[]]
         plan = _Plan(task, kind, image.size, proposals, num_chunks=len(chunks))
         for chunk_number, chunk in enumerate(chunks):
             for k, text in enumerate(texts):
-                _add_call(plan, image, chunk, chunk_number, text, (number, chunk_number), label=labels[k] if labels else None)
+                _add_call(plan, image, chunk, chunk_number, text, label=labels[k] if labels else None)
         if len(chunks) > 1:
             plan.warnings.append(
                 f"{len(proposals)} regions are more than the model's {self.max_regions}: asked in {len(chunks)} chunks and merged"
             )
         return plan
 
-    def _plan_per_region(self, task, image, proposals, make_prompt, number) -> _Plan:
+    def _plan_per_region(self, task, image, proposals, make_prompt) -> _Plan:
         """One prompt per region, asked in the chunk that holds it."""
         if not len(proposals):
             raise ValueError(f"{task} needs at least one box")
@@ -289,10 +291,10 @@ class FO1Pipeline:
         plan = _Plan(task, _PER_REGION, image.size, proposals, num_chunks=len(chunks))
         for chunk_number, chunk in enumerate(chunks):
             for local, target in enumerate(chunk):
-                _add_call(plan, image, chunk, chunk_number, make_prompt([local]), (number, chunk_number), target=target)
+                _add_call(plan, image, chunk, chunk_number, make_prompt([local]), target=target)
         return plan
 
-    def _plan_chat(self, request: TaskRequest, messages, boxes, scores, number) -> _Plan:
+    def _plan_chat(self, request: TaskRequest, messages, boxes, scores) -> _Plan:
         messages = [dict(m) for m in messages]
         if not any(m.get("role") == "user" for m in messages):
             raise ValueError("chat needs at least one user message")
@@ -308,7 +310,7 @@ class FO1Pipeline:
             self._check_fits("chat", proposals)
             size = image.size
         plan = _Plan("chat", _FREE, size, proposals)
-        _add_call(plan, image, list(range(len(proposals))), 0, messages, share_key=None)
+        _add_call(plan, image, list(range(len(proposals))), 0, messages)
         return plan
 
     def _check_fits(self, task: str, proposals: ProposalSet) -> None:
@@ -452,7 +454,7 @@ class FO1Pipeline:
         )
 
 
-def _add_call(plan: _Plan, image, regions: list[int], chunk: int, text_or_messages, share_key, label=None, target=None) -> None:
+def _add_call(plan: _Plan, image, regions: list[int], chunk: int, text_or_messages, label=None, target=None) -> None:
     """Adds one model call on `regions` (indexes into plan.proposals) to a plan."""
     if isinstance(text_or_messages, str):
         messages, query = [{"role": "user", "content": text_or_messages}], text_or_messages
@@ -460,12 +462,23 @@ def _add_call(plan: _Plan, image, regions: list[int], chunk: int, text_or_messag
         messages = text_or_messages
         query = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
     boxes = np.asarray(plan.proposals.boxes, dtype=np.float64).reshape(-1, 4)[regions]
-    plan.calls.append(ModelCall(image, boxes, messages, share_key))
+    plan.calls.append(ModelCall(image, boxes, messages, _share_key(image, boxes)))
     plan.queries.append(query)
     plan.call_regions.append(regions)
     plan.call_chunk.append(chunk)
     plan.label_overrides.append(label)
     plan.targets.append(target)
+
+
+def _share_key(image: Image.Image | None, boxes: np.ndarray) -> str | None:
+    """Equal for calls on the same pixels and boxes, whichever request they come from: those calls
+    can share the encoded prefix (`FO1Generator`)."""
+    if image is None:
+        return None
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    digest.update(np.ascontiguousarray(boxes, dtype=np.float64).tobytes())
+    return digest.hexdigest()
 
 
 def _check_arguments(request: TaskRequest) -> dict[str, Any]:

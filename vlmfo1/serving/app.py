@@ -89,18 +89,17 @@ def format_boxes(boxes: Sequence[Sequence[float]]) -> str:
     return "\n".join(", ".join(f"{v:g}" for v in box) for box in boxes)
 
 
-def add_corner(corner: tuple[float, float] | None, point: tuple[float, float], boxes_text: str | None):
+def add_corner(corner: tuple[float, float] | None, point: tuple[float, float], boxes: list[list[float]]):
     """A click: the first corner of a box is remembered; the second completes the box.
 
-    Returns (pending corner, boxes text)."""
+    Returns (pending corner, boxes)."""
     if corner is None:
-        return (float(point[0]), float(point[1])), boxes_text or ""
+        return (float(point[0]), float(point[1])), boxes
     (x1, y1), (x2, y2) = corner, point
     box = [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
     if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-        return None, boxes_text or ""  # two clicks on one spot: no box
-    boxes = parse_boxes(boxes_text) + [box]
-    return None, format_boxes(boxes)
+        return None, boxes  # two clicks on one spot: no box
+    return None, [*boxes, box]
 
 
 def template_request(template_name: str, text: str, boxes: list[list[float]]) -> tuple[str, dict[str, Any]]:
@@ -169,27 +168,27 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
     import gradio as gr
 
     def on_upload(image):
-        return image, None, ""
+        return image, None, [], ""
 
-    # Events of one page may run in any order: a click or a run can come before the upload event has
-    # stored the original. Until a box is drawn the picture shown *is* the original, so use it then.
-    def on_click(shown, original, corner, boxes_text, event: gr.SelectData):
+    # The drawn boxes live in server-side state, so clicks handled one after another (in order) each
+    # see the boxes of the clicks before. A click may be handled before the upload event has stored
+    # the original; until a box is drawn the picture shown *is* the original, so use it then.
+    def on_click(shown, original, corner, drawn, event: gr.SelectData):
         original = original if original is not None else shown
         if original is None:
-            return None, corner, boxes_text, None
-        corner, boxes_text = add_corner(corner, tuple(event.index[:2]), boxes_text)
-        return original, corner, boxes_text, boxes_view(original, parse_boxes(boxes_text))
+            return None, corner, drawn, gr.skip(), gr.skip()
+        corner, drawn = add_corner(corner, tuple(event.index[:2]), drawn or [])
+        return original, corner, drawn, format_boxes(drawn), boxes_view(original, drawn)
 
     def on_boxes_typed(original, boxes_text):
-        if original is None:
-            return None
         try:
-            return boxes_view(original, parse_boxes(boxes_text))
+            boxes = parse_boxes(boxes_text)
         except InvalidRequest:
-            return gr.skip()  # half-typed line: keep the picture until it parses
+            return gr.skip(), gr.skip()  # a half-typed line: keep boxes and picture until it parses
+        return boxes, boxes_view(original, boxes) if original is not None else gr.skip()
 
     def on_clear_boxes(original):
-        return None, "", original
+        return None, [], "", original
 
     def on_template(name):
         template = TEMPLATES[name]
@@ -208,6 +207,7 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
     with gr.Blocks(title=title) as demo:
         original = gr.State(None)  # the uploaded image, without drawn boxes
         corner = gr.State(None)  # first corner of a box being drawn
+        drawn = gr.State([])  # the boxes drawn or typed so far
         gr.Markdown(
             f"# {title} — `{engine.model_name}`\n"
             "Upload an image. **Draw regions** by clicking two opposite corners (box K is `<regionK>`), "
@@ -233,12 +233,15 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
                 raw = gr.Textbox(label="Raw answer", lines=3, interactive=False, elem_id="raw-answer")
                 result_json = gr.JSON(label="Result JSON", elem_id="result-json")
 
-        image_in.upload(on_upload, image_in, [original, corner, boxes_text])
-        image_in.clear(lambda: (None, None, ""), None, [original, corner, boxes_text])
-        image_in.select(on_click, [image_in, original, corner, boxes_text], [original, corner, boxes_text, image_in])
+        image_in.upload(on_upload, image_in, [original, corner, drawn, boxes_text])
+        image_in.clear(lambda: (None, None, [], ""), None, [original, corner, drawn, boxes_text])
+        # Every click counts (two make a box): no progress overlay on the picture to swallow the next
+        # click, and clicks are handled one at a time (a box does not depend on which corner came first).
+        image_in.select(on_click, [image_in, original, corner, drawn], [original, corner, drawn, boxes_text, image_in],
+                        trigger_mode="multiple", concurrency_limit=1, show_progress="hidden")
         # always_last: keystrokes that come while the picture is redrawn are not lost; the last text wins.
-        boxes_text.input(on_boxes_typed, [original, boxes_text], image_in, trigger_mode="always_last", show_progress="hidden")
-        clear.click(on_clear_boxes, original, [corner, boxes_text, image_in])
+        boxes_text.input(on_boxes_typed, [original, boxes_text], [drawn, image_in], trigger_mode="always_last", show_progress="hidden")
+        clear.click(on_clear_boxes, original, [corner, drawn, boxes_text, image_in])
         template.change(on_template, template, text)
         run.click(
             on_run, [image_in, original, boxes_text, template, text, proposer, min_score], [annotated, proposals, raw, result_json, status],

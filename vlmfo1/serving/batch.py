@@ -33,12 +33,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vlmfo1.serving.engine import (
-    SERVING_TASKS,
-    TASK_TEXT_ARGS,
-    TASKS_NEEDING_BOXES,
-    build_task_request,
-)
+from vlmfo1.serving.engine import TASK_TEXT_ARGS, TASKS_NEEDING_BOXES, build_task_request
 
 TEXT_LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -275,8 +270,10 @@ class BatchJobConfig:
     task_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in SERVING_TASKS or self.task == "chat":
-            raise ValueError(f"unknown batch task {self.task!r}; choose from {', '.join(t for t in SERVING_TASKS if t != 'chat')}")
+        from vlmfo1.pipeline.pipeline import TASKS
+
+        if self.task not in TASKS or self.task == "chat":
+            raise ValueError(f"unknown batch task {self.task!r}; choose from {', '.join(t for t in TASKS if t != 'chat')}")
         text_arg = TASK_TEXT_ARGS.get(self.task)
         if text_arg is not None and not (self.text or "").strip():
             raise ValueError(f"task {self.task!r} needs --text ({text_arg})")

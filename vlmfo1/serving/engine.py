@@ -6,8 +6,7 @@ image; the engine fills in the regions (the request's boxes, or a proposer's, fi
 minimum score) in the caller's thread, then queues the request for the one worker thread that
 runs the model.
 
-Serving tasks are the pipeline's tasks plus `detect_everything`, which is a free question with
-the released model's detect-everything prompt (its answer is grounded, so it has detections).
+Tasks are the pipeline's (`vlmfo1.pipeline.pipeline.TASKS`), with the pipeline's argument names.
 """
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from vlmfo1 import prompts
 from vlmfo1.serving.batcher import MicroBatcher
 from vlmfo1.serving.limits import (
     InvalidRequest,
@@ -34,20 +32,6 @@ from vlmfo1.serving.limits import (
 
 logger = logging.getLogger(__name__)
 
-# Serving task -> the pipeline task that answers it.
-SERVING_TASKS: dict[str, str] = {
-    "detect": "detect",
-    "refer": "refer",
-    "count": "count",
-    "caption": "caption",
-    "ocr": "ocr",
-    "ask": "ask",
-    "detect_like": "detect_like",
-    "grounded_caption": "grounded_caption",
-    "reason": "reason",
-    "detect_everything": "ask",
-    "chat": "chat",
-}
 # The task argument a task's one free-text input fills (UI text box, `vlmfo1 batch --text`).
 TASK_TEXT_ARGS: dict[str, str] = {
     "detect": "categories",
@@ -78,14 +62,12 @@ class _Job:
 
 
 def build_task_request(task: str, image: Image.Image | None, **args: Any):
-    """A pipeline `TaskRequest` for a serving task (`SERVING_TASKS`)."""
-    from vlmfo1.pipeline import TaskRequest
+    """A pipeline `TaskRequest`; an unknown task is an invalid request (the pipeline checks the arguments)."""
+    from vlmfo1.pipeline.pipeline import TASKS, TaskRequest
 
-    if task not in SERVING_TASKS:
-        raise InvalidRequest(f"unknown task {task!r}; choose from {', '.join(SERVING_TASKS)}")
-    if task == "detect_everything":
-        args = {"question": prompts.detect_everything_prompt(), **args}
-    return TaskRequest(SERVING_TASKS[task], image, args)
+    if task not in TASKS:
+        raise InvalidRequest(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    return TaskRequest(task, image, args)
 
 
 class InferenceEngine:
