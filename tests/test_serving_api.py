@@ -446,3 +446,17 @@ def test_detections_come_back_as_the_named_regions_boxes(scripted_client):
     }).json()
     assert chat["choices"][0]["message"]["content"] == ANSWER and chat["choices"][0]["finish_reason"] == "stop"
     assert [d["box"] for d in chat["vlmfo1"]["detections"]] == [boxes[1], boxes[3]]
+
+
+def test_multipart_repeated_field_is_a_list(scripted_client):
+    boxes = BOXES + [[100.0, 5.0, 150.0, 35.0]]
+    response = scripted_client.post(
+        "/v1/detect", files={"image": ("scene.png", PNG, "image/png")},
+        data={"categories": ["red circle", "blue star"], "boxes": json.dumps(boxes), "per_category": "true"},
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert result["queries"] == ["Please detect red circle in this image. Answer the question with object indexes.",
+                                 "Please detect blue star in this image. Answer the question with object indexes."]
+    # per category: each prompt's regions are labelled with the category it asked for
+    assert sorted((d["index"], d["label"]) for d in result["detections"]) == [(1, "blue star"), (1, "red circle"), (3, "blue star"), (3, "red circle")]

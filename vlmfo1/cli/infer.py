@@ -209,6 +209,7 @@ def _run_images(task: str, image: Path, args: dict[str, Any], settings: RunSetti
     from rich.progress import Progress
 
     from vlmfo1.pipeline import TaskRequest
+    from vlmfo1.processing.image_processing import load_image
     from vlmfo1.proposals import list_images
 
     if not image.exists():
@@ -229,8 +230,6 @@ def _run_images(task: str, image: Path, args: dict[str, Any], settings: RunSetti
                 if isinstance(outcome, Exception):
                     failed.append((path, f"{type(outcome).__name__}: {outcome}"))
                 else:
-                    from vlmfo1.processing.image_processing import load_image
-
                     _write_outputs(load_image(path), outcome, settings.out / names[path], settings.show_proposals)
                     done.append((path.name, outcome))
                 progress.advance(bar)

@@ -124,7 +124,7 @@ def batch(
         inputs, output, config, address=address, num_workers=num_workers, cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker, limit=limit, retry_errors=retry_errors, progress=progress,
     )
-    Console(stderr=True).print(json.dumps(summary.as_dict()))
+    typer.echo(json.dumps(summary.as_dict()))
 
 
 def register(app: typer.Typer) -> None:

@@ -157,13 +157,15 @@ async def _parse_task_body(request: Request, params_model: type[schemas._Params]
             data = await upload.read()
         else:  # the image as base64 text in a form field
             data = decode_base64_image(upload, request.app.state.engine.limits)
-        fields = {}
+        given: dict[str, list[str]] = {}
         for key, value in form.multi_items():
             if key == "image":
                 continue
             if isinstance(value, UploadFile):
                 raise InvalidRequest(f"form field {key!r} is a file; only 'image' may be a file")
-            fields[key] = _form_value(params_model, key, value)
+            given.setdefault(key, []).append(value)
+        # A field given several times is a list (-F categories=cat -F categories=dog).
+        fields = {key: _form_value(params_model, key, values[0]) if len(values) == 1 else values for key, values in given.items()}
         return _validate(params_model, fields), data
     raise UnsupportedMediaType(f"send application/json (image in base64) or multipart/form-data (image file); got {media or 'no content-type'!r}")
 

@@ -25,6 +25,7 @@ Each worker is an actor holding the model: one per GPU (`--gpus-per-worker 1`) o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -463,4 +464,5 @@ def _init_ray(ray, address: str | None, num_workers: int, cpus_per_worker: float
         ray.init(num_cpus=max(1, int(np.ceil(num_workers * cpus_per_worker))), include_dashboard=False, log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job's own bar counts written images
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines would bury that bar
 

@@ -15,7 +15,7 @@ import os
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -58,7 +58,6 @@ class _Job:
     request: Any  # vlmfo1.pipeline.TaskRequest
     max_new_tokens: int
     source: str | None  # proposer that gave the regions; None for the request's own boxes
-    arrived: float = field(default_factory=time.monotonic)
 
 
 def build_task_request(task: str, image: Image.Image | None, **args: Any):
