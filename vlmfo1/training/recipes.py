@@ -232,7 +232,8 @@ def export_model(trained_dir: Path, model_dir: Path) -> Path:
     """The loadable files of a trained stage folder (no checkpoints, no optimizer state)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     for path in trained_dir.iterdir():
-        if path.is_file() and path.name != "training_args.bin":
+        # The run config names this machine's paths; recipe.json records the recipe instead.
+        if path.is_file() and path.name not in ("training_args.bin", "fo1_training_config.yaml"):
             shutil.copy2(path, model_dir / path.name)
     return model_dir
 
