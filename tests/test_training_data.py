@@ -40,6 +40,16 @@ from vlmfo1.training.tiny import init_tiny, shapeworld_corpus, train_small_token
 REGION = re.compile(r"<region(\d+)>")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These tests run many small ops. With one thread OpenMP never busy-waits: on a loaded machine
+    the overfit test took 143 s with two busy-waiting threads and 19 s with one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_small_tokenizer(shapeworld_corpus(30), vocab_size=400)

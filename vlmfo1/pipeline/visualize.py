@@ -3,7 +3,7 @@
 Detections: a box per region in its label's colour, tagged "label score #index"; masks (when the
 proposer gave them) filled faintly in the same colour. Free-text mentions: white boxes tagged
 "#index". Region answers (captions, OCR): gold boxes tagged "#index: text". Optionally every proposal
-as a thin grey box underneath. The answer text is written under the picture.
+as a thin grey box underneath. The question and the answer are written under the picture.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ REGION_ANSWER_COLOUR = (255, 215, 0)  # not in the palette: a caption box is no 
 PROPOSAL_COLOUR = (200, 200, 200, 110)
 # Small images are enlarged to at least this long side, so that tags stay legible.
 MIN_LONG_SIDE = 640
-_FOOTER_LINES = 4
+_FOOTER_LINES_EACH = 3  # lines of the question and of the answer under the picture
 
 
 def draw_result(
@@ -110,20 +110,27 @@ def _box_with_tag(draw: ImageDraw.ImageDraw, box, text: str, colour, line: int, 
     draw.text((x1 + 3 - left, y + 2 - top), text, fill=ink, font=font)
 
 
-def _footer_text(result: FO1Result) -> str:
+def _footer_text(result: FO1Result) -> list[str]:
+    """The question(s) and the answer, as paragraphs."""
+    queries = result.queries
+    asked = queries[0] if len(queries) == 1 else f"{len(queries)} questions, the first: {queries[0]}" if queries else ""
     answer = " | ".join(part for part in result.answer.splitlines() if part.strip()) or "(empty answer)"
     if result.count is not None:
-        answer = f"count: {result.count} | {answer}"
-    return f"{result.task}: {answer}"
+        answer = f"count {result.count}; {answer}"
+    return [f"{result.task}: {asked}", f"answer: {answer}"]
 
 
-def _with_footer(canvas: Image.Image, text: str, font) -> Image.Image:
+def _with_footer(canvas: Image.Image, paragraphs: list[str], font) -> Image.Image:
     probe = ImageDraw.Draw(canvas)
     char_width = max(1, probe.textlength("n", font=font))
-    lines = textwrap.wrap(text, width=max(10, int((canvas.width - 12) / char_width)))
-    if len(lines) > _FOOTER_LINES:
-        lines = lines[:_FOOTER_LINES]
-        lines[-1] = lines[-1][:-1] + "…"
+    width = max(10, int((canvas.width - 12) / char_width))
+    lines: list[str] = []
+    for paragraph in paragraphs:
+        wrapped = textwrap.wrap(paragraph, width=width)
+        if len(wrapped) > _FOOTER_LINES_EACH:
+            wrapped = wrapped[:_FOOTER_LINES_EACH]
+            wrapped[-1] = wrapped[-1][:-1] + "…"
+        lines += wrapped
     left, top, right, bottom = probe.textbbox((0, 0), "Ag", font=font)
     line_height = bottom - top + 4
     out = Image.new("RGB", (canvas.width, canvas.height + line_height * len(lines) + 8), (255, 255, 255))
