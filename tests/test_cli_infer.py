@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import typer
 from PIL import Image
@@ -63,7 +64,8 @@ def test_detect_writes_a_valid_json_and_picture_with_boxes_in_original_pixels(ap
     assert data["task"] == "detect" and data["image_size"] == list(SIZE)
     assert data["raw_answers"] == [ANSWER]
     assert [d["box"] for d in data["detections"]] == [pytest.approx(boxes[1], abs=1e-3), pytest.approx(boxes[3], abs=1e-3)]
-    assert data["proposals"]["source"].startswith("user:")
+    assert data["proposals"]["source"] == "user"
+    np.testing.assert_allclose(data["proposals"]["boxes"], boxes, atol=1e-3)
     picture = Image.open(out / "scene0.png")
     assert picture.width == 640 and picture.height > 480  # enlarged x2, answer written below
     assert "red circle x2" in outcome.output
@@ -75,19 +77,37 @@ def test_folder_with_progress_keeps_going_past_a_bad_image(app, model_dir, tmp_p
     for k in range(3):
         shapeworld_image(images, k)
     (images / "broken.png").write_bytes(b"not an image")
-    boxes = {f"scene{k}.png": random_boxes(4, *SIZE, seed=k) for k in range(3)}
+    boxes = {f"scene{k}.png": random_boxes(4, *SIZE, seed=k) for k in range(4)}
+    boxes["broken.png"] = boxes.pop("scene3.png")
+    shapeworld_image(images, 4, name="no_boxes.png")
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     out = tmp_path / "out"
     outcome = invoke(app, "count", images, "red circles", "--model", model_dir, "--boxes", tmp_path / "boxes.json",
                      "--out", out, "--batch-size", 2, "--max-new-tokens", 16)
     assert outcome.exit_code == 1
-    assert "broken.png" in outcome.output
+    assert "broken.png" in outcome.output and "holds no boxes for no_boxes.png" in outcome.output
     for k in range(3):
         data = load_result(out / f"scene{k}.json")
         assert data["task"] == "count" and data["count"] is None  # the scripted answer holds no number
         assert [d["box"] for d in data["detections"]] == [pytest.approx(boxes[f"scene{k}.png"][i], abs=1e-3) for i in (1, 3)]
         assert (out / f"scene{k}.png").is_file()
-    assert not (out / "broken.json").exists()
+    assert not (out / "broken.json").exists() and not (out / "no_boxes.json").exists()
+
+
+def test_boxes_file_keeps_its_order_and_every_box(app, model_dir, tmp_path):
+    """A detector's proposals are sorted and cut to the top 100; your own boxes are neither."""
+    image = shapeworld_image(tmp_path, 3)
+    boxes = random_boxes(150, *SIZE, seed=3)
+    scores = [0.1 + k / 200 for k in range(150)]  # ascending: sorting by score would reverse them
+    (tmp_path / "boxes.json").write_text(json.dumps({"bbox_list": boxes, "score_list": scores}))
+    out = tmp_path / "out"
+    outcome = invoke(app, "detect", image, "red circle", "--model", model_dir, "--boxes", tmp_path / "boxes.json",
+                     "--out", out, "--max-new-tokens", 16)
+    assert outcome.exit_code == 0, outcome.output
+    data = load_result(out / "scene3.json")
+    np.testing.assert_allclose(data["proposals"]["boxes"], boxes, atol=1e-3)
+    assert data["num_chunks"] == 2
+    assert [d["index"] for d in data["detections"]][:2] == [1, 3]
 
 
 @pytest.mark.parametrize(

@@ -387,3 +387,14 @@ def test_proposals_from_a_registry_proposer_on_the_fly(tmp_path, processor):
             iou = pairwise_iou(targets, found)
             assert all(iou[i].max() >= 0.5 for i in range(len(targets)))
         assert dataset[k]["region_boxes"].shape[0] == len(record.bbox_list)
+
+
+def test_a_sample_that_cannot_be_made_names_its_record(tmp_path, processor, image_dir):
+    from vlmfo1.training.data import SampleError
+
+    write_records(tmp_path / "recs.jsonl", [grounded_record(rid="fine", image="a.png"),
+                                            grounded_record(rid="lost", image="missing.png")])
+    dataset = FO1TrainingDataset([load_source(tmp_path / "recs.jsonl", images=image_dir)], processor)
+    assert dataset[0]["input_ids"].ndim == 1
+    with pytest.raises(SampleError, match=r"recs.jsonl: record 'lost': image file not found"):
+        dataset[1]

@@ -178,11 +178,8 @@ def demo_command(
 def _build_pipeline(settings: RunSettings):
     from vlmfo1.pipeline import FO1Pipeline
 
-    proposer: Any = None if settings.proposer.lower() == "none" else settings.proposer
-    if settings.boxes is not None:
-        if not settings.boxes.is_file():
-            _fail(f"boxes file not found: {settings.boxes}")
-        proposer = f"user:{settings.boxes}"
+    # With --boxes, each request carries its image's boxes (see `_user_boxes`): no proposer runs.
+    proposer: Any = None if settings.proposer.lower() == "none" or settings.boxes is not None else settings.proposer
     try:
         return FO1Pipeline.from_pretrained(
             settings.model,
@@ -217,6 +214,7 @@ def _run_images(task: str, image: Path, args: dict[str, Any], settings: RunSetti
     paths = list_images(image)
     if not paths:
         _fail(f"no images in {image}")
+    user_boxes = _user_boxes(settings.boxes)
     pipeline = _build_pipeline(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     names = _output_names(paths)
@@ -225,8 +223,15 @@ def _run_images(task: str, image: Path, args: dict[str, Any], settings: RunSetti
     with Progress(transient=True, disable=len(paths) == 1) as progress:
         bar = progress.add_task(f"{task}", total=len(paths))
         for start in range(0, len(paths), settings.batch_size):
-            batch = paths[start : start + settings.batch_size]
-            for path, outcome in zip(batch, _run_batch(pipeline, [TaskRequest(task, str(p), args) for p in batch])):
+            ready, requests = [], []
+            for path in paths[start : start + settings.batch_size]:
+                try:
+                    requests.append(TaskRequest(task, str(path), {**args, **user_boxes(path)}))
+                    ready.append(path)
+                except (KeyError, ValueError) as error:
+                    failed.append((path, f"{type(error).__name__}: {error}"))
+                    progress.advance(bar)
+            for path, outcome in zip(ready, _run_batch(pipeline, requests) if requests else []):
                 if isinstance(outcome, Exception):
                     failed.append((path, f"{type(outcome).__name__}: {outcome}"))
                 else:
@@ -238,6 +243,33 @@ def _run_images(task: str, image: Path, args: dict[str, Any], settings: RunSetti
         typer.echo(f"error: {path}: {message}", err=True)
     if failed:
         raise typer.Exit(code=1)
+
+
+def _user_boxes(boxes_file: Optional[Path]):
+    """image path -> {"boxes", "scores"} from --boxes (nothing without it).
+
+    The file is read by the `user` proposer's loader (every format it knows), but its boxes go to
+    the pipeline as they are: in the file's order, so that `<regionK>` in a question is the file's
+    K-th box, and all of them (more than 100 are chunked, never cut to a top-k).
+    """
+    if boxes_file is None:
+        return lambda path: {}
+    from vlmfo1.proposals.user_boxes import UserBoxesProposer
+
+    if not boxes_file.is_file():
+        _fail(f"boxes file not found: {boxes_file}")
+    try:
+        source = UserBoxesProposer(boxes_file)
+    except (ValueError, KeyError) as error:
+        _fail(f"{boxes_file}: {error}")
+
+    def lookup(path: Path) -> dict[str, Any]:
+        found = source.lookup(str(path))
+        if found is None:
+            raise KeyError(f"{boxes_file} holds no boxes for {path.name}")
+        return {"boxes": found.boxes.tolist(), "scores": found.scores.tolist()}
+
+    return lookup
 
 
 def _run_batch(pipeline, requests) -> list:

@@ -44,8 +44,6 @@ def train_command(
     if not config and stage is None:
         raise typer.BadParameter("give --config FILE, --stage N, or both", param_hint="--config")
     overrides = list(option or [])
-    if init_from is not None:
-        overrides.append(f"model.init_from={init_from}")
     if output_dir is not None:
         overrides.append(f"training.output_dir={output_dir}")
     if max_steps is not None:

@@ -1,7 +1,7 @@
 """FO1Config: the base VLM's config plus the settings of the Hybrid Fine-grained Region Encoder."""
 from __future__ import annotations
 
-from transformers import Florence2VisionConfig, PreTrainedConfig, Qwen2_5_VLConfig
+from transformers import AutoConfig, Florence2VisionConfig, PreTrainedConfig, Qwen2_5_VLConfig
 
 from vlmfo1.prompts import MAX_REGIONS
 
@@ -125,5 +125,8 @@ class FO1Config(PreTrainedConfig):
     def region_token(self, index: int) -> str:
         return self.region_token_template.format(index)
 
+
+# So that AutoConfig / AutoTokenizer can read an FO1 folder's config.json.
+AutoConfig.register(FO1Config.model_type, FO1Config, exist_ok=True)
 
 __all__ = ["FO1Config", "florence2_large_davit_config"]

@@ -315,6 +315,11 @@ def record_messages(record: FO1Record) -> list[dict[str, str]]:
     return [{"role": _ROLES[turn["from"]], "content": turn["value"]} for turn in record.conversations]
 
 
+class SampleError(RuntimeError):
+    """A sample that cannot be made (missing image, no proposals for it, too long, ...); the message
+    names the source and the record, and the original error is its cause."""
+
+
 class FO1TrainingDataset(Dataset):
     """Samples of one or more record sources, ready for `FO1Collator`.
 
@@ -370,11 +375,12 @@ class FO1TrainingDataset(Dataset):
         return record, image
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        record, image = self.prepared(k)
         try:
+            record, image = self.prepared(k)
             return encode_record(record, image, self.processor, self.max_length)
-        except ValueError as error:
-            raise ValueError(f"record {record.id!r}: {error}") from error
+        except (OSError, ValueError, KeyError) as error:
+            original, source, _ = self.record(k)
+            raise SampleError(f"{source.name}: record {original.id!r}: {error}") from error
 
 
 def _repeated(n: int, repeat: float, rng: np.random.Generator) -> list[int]:
