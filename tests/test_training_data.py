@@ -35,24 +35,17 @@ from vlmfo1.training.data import (
     rewrite_regions,
     shuffle_regions,
 )
-from vlmfo1.training.tiny import init_tiny, shapeworld_corpus, train_small_tokenizer
+from vlmfo1.training.tiny import init_tiny
 
 REGION = re.compile(r"<region(\d+)>")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests run many small ops. With one thread OpenMP never busy-waits: on a loaded machine
-    the overfit test took 143 s with two busy-waiting threads and 19 s with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_small_tokenizer(shapeworld_corpus(30), vocab_size=400)
+def tokenizer(small_shapeworld_tokenizer):
+    return small_shapeworld_tokenizer
 
 
 @pytest.fixture(scope="module")

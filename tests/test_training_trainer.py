@@ -20,25 +20,18 @@ from vlmfo1.modeling.factory import small_fo1_config
 from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
 from vlmfo1.processing.processing_fo1 import FO1Processor
 from vlmfo1.training.recipes import generate_answers
-from vlmfo1.training.tiny import first_fo1_token_id, init_tiny, shapeworld_corpus, train_small_tokenizer
+from vlmfo1.training.tiny import first_fo1_token_id, init_tiny
 from vlmfo1.training.trainer import build_from_base_vlm, resolve_config, train
 
 ALL_GROUPS = ["vision", "image_projector", "llm", "aux_encoder", "region_encoder", "connector"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests run many small ops. With one thread OpenMP never busy-waits: on a loaded machine
-    the overfit test took 143 s with two busy-waiting threads and 19 s with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_small_tokenizer(shapeworld_corpus(30), vocab_size=400)
+def tokenizer(small_shapeworld_tokenizer):
+    return small_shapeworld_tokenizer
 
 
 @pytest.fixture(scope="module")
