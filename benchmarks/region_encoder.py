@@ -63,7 +63,7 @@ def main() -> None:
             region_boxes = [inputs["region_boxes"][0]]
 
             def encode_regions():
-                aux = model.encode_aux(inputs["aux_pixel_values"])
+                aux = model.aux_stage_maps(inputs["aux_pixel_values"])
                 model.encode_regions(region_boxes, levels, aux)
 
             region_s = timed(encode_regions, args.repeats)

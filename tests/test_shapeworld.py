@@ -577,6 +577,11 @@ def test_image_questions_have_true_answers_and_no_regions(records):
             assert answer == tally[0][0] and (len(tally) == 1 or tally[0][1] > tally[1][1])
         elif kind == "word":
             assert [o.word for o in objects if o.word] == [answer]
+        elif kind == "choice":
+            options = re.findall(r"\(([A-D])\) ([a-z ]+?)(?= \(|$)", question)
+            fits = [(letter, text) for letter, text in options if fitting(example.scene, phrase_of(text))]
+            assert len(options) >= 2 and len(fits) == 1
+            assert answer == f"({fits[0][0]}) {fits[0][1]}"
         else:
             raise AssertionError(kind)
     assert len(kinds) >= 4

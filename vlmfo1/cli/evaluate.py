@@ -1,5 +1,8 @@
-"""``vlmfo1 eval``: score predictions with the benchmarks' standard protocols (docs/evaluation.md).
+"""``vlmfo1 eval``: run a model on a benchmark, or score predictions, with the benchmarks' standard
+protocols (docs/evaluation.md).
 
+``vlmfo1 eval TASK --data FILE --model M`` (one command per task: ``vlmfo1 eval shapeworld ...``)
+answers every item with the model and scores the answers (`vlmfo1.evaluation.runner`);
 ``vlmfo1 eval score TASK --gt FILE --pred FILE`` needs no model: it scores any system's output
 (COCO results JSON for detection, JSON lines for the other tasks).
 """
@@ -20,6 +23,66 @@ eval_app = typer.Typer(help="Evaluate on standard benchmarks (COCO, RefCOCO, Hum
 
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
+
+
+def _run_command(task_name: str):
+    """The `vlmfo1 eval TASK` command of one task."""
+
+    def run_command(
+        data: Path = typer.Option(..., "--data", help="The benchmark's annotation file or folder (as `eval score --gt` takes it)."),
+        model: str = typer.Option("shapeworld", "--model", "-m", help="Model folder, or 'shapeworld' (the bundled demo model)."),
+        proposer: str = typer.Option(
+            "selective-search", "--proposer", "-p",
+            help="Proposer spec for items without proposals of their own (selective-search, contours, user:FILE, ...) or 'none'.",
+        ),
+        proposals: Optional[Path] = typer.Option(None, "--proposals", help="Upstream's precomputed proposal JSONL (bbox_list/score_list per image id)."),
+        images: Optional[Path] = typer.Option(None, "--images", help="Folder the annotation file's image names are relative to."),
+        split: Optional[str] = typer.Option(None, "--split", help="Split (RefCOCO: val/testA/...; ShapeWorld: val; COCO-Text: val)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help=f"Output folder (default: vlmfo1-eval/{task_name})."),
+        limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N items (a quick run)."),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items per forward pass."),
+        max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+        score: str = typer.Option("proposal", "--score", help="Region score: proposal, llm or combined."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ... or auto."),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (the checkpoint's), float32, bfloat16 or float16."),
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip items already in the output's predictions file."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    ) -> None:
+        from vlmfo1.cli.infer import _device
+        from vlmfo1.evaluation.runner import run_evaluation
+
+        out_dir = out if out is not None else Path("vlmfo1-eval") / task_name
+        try:
+            report = run_evaluation(
+                task_name, data, model, out_dir=out_dir,
+                proposer=None if proposer.lower() == "none" else proposer, proposals=proposals, images=images,
+                split=split, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, score_mode=score,
+                device=_device(device), dtype=dtype, resume=resume, progress=progress,
+                log=lambda message: typer.echo(message, err=True),
+            )
+        except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from error
+        Console().print(report_table(report, get_task(task_name).headline_keys(report)))
+        answers = report["answers"]
+        typer.echo(f"score mode: {report['score_mode']}; predicted now: {report['run']['num_predicted']}, "
+                   f"resumed: {report['run']['num_resumed']}")
+        for name, path in report["files"].items():
+            typer.echo(f"{name}: {path}")
+        for warning in coverage_warnings(report):
+            typer.echo(f"warning: {warning}", err=True)
+        if answers["num_with_warnings"]:
+            typer.echo(f"warning: {answers['num_with_warnings']} answers needed repairs ({answers['num_cut_off']} cut off at "
+                       "--max-new-tokens); each record's 'warnings' says what", err=True)
+        if answers["num_unknown_labels"]:
+            typer.echo(f"warning: {answers['num_unknown_labels']} labels in the answers are not category names (dropped)", err=True)
+
+    run_command.__doc__ = f"Run a model on {task_name}: {TASKS[task_name].description}."
+    return run_command
+
+
+for _name in TASKS:
+    eval_app.command(_name)(_run_command(_name))
 
 
 @eval_app.command("score")

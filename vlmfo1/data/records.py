@@ -27,7 +27,7 @@ from vlmfo1 import prompts
 HUMAN, GPT = "human", "gpt"
 UNKNOWN_TASK = "unknown"
 _KEYS = ("id", "image", "task", "bbox_list", "score_list", "conversations", "meta")
-_REQUIRED_KEYS = ("id", "image", "conversations")
+_REQUIRED_KEYS = ("id", "image", "conversations")  # "image": null makes a text-only record
 _REGION_RE = re.compile(r"<region(\d+)>")
 
 
@@ -38,7 +38,7 @@ class RecordError(ValueError):
 @dataclass
 class FO1Record:
     id: str
-    image: str
+    image: str | None  # None: a text-only record (no image tag, no boxes), e.g. language data
     conversations: list[dict[str, str]]  # [{"from": "human"|"gpt", "value": str}, ...], human first
     bbox_list: list[list[float]] = field(default_factory=list)  # xyxy pixels of the image
     score_list: list[float] = field(default_factory=list)  # one per box
@@ -49,7 +49,7 @@ class FO1Record:
     def single_turn(
         cls,
         id: str,
-        image: str,
+        image: str | None,
         prompt: str,
         answer: str,
         bbox_list: list[list[float]] | None = None,
@@ -63,7 +63,7 @@ class FO1Record:
             id=id,
             image=image,
             conversations=[
-                {"from": HUMAN, "value": f"{prompts.IMAGE_TAG}\n{prompt}"},
+                {"from": HUMAN, "value": prompt if image is None else f"{prompts.IMAGE_TAG}\n{prompt}"},
                 {"from": GPT, "value": answer},
             ],
             bbox_list=bbox_list if bbox_list is not None else [],
@@ -125,14 +125,16 @@ class FO1Record:
         where = f"record {self.id!r}"
         if not isinstance(self.id, str) or not self.id:
             raise RecordError(f"record id must be a non-empty string, got {self.id!r}")
-        if not isinstance(self.image, str) or not self.image:
-            raise RecordError(f"{where}: image must be a non-empty path string, got {self.image!r}")
+        if self.image is not None and (not isinstance(self.image, str) or not self.image):
+            raise RecordError(f"{where}: image must be a non-empty path string or null (text-only), got {self.image!r}")
+        if self.image is None and self.bbox_list:
+            raise RecordError(f"{where}: a text-only record (image null) cannot have boxes")
         if not isinstance(self.task, str) or not self.task:
             raise RecordError(f"{where}: task must be a non-empty string, got {self.task!r}")
         if not isinstance(self.meta, dict):
             raise RecordError(f"{where}: meta must be an object, got {type(self.meta).__name__}")
         _validate_boxes(self.bbox_list, self.score_list, where)
-        _validate_conversations(self.conversations, len(self.bbox_list), where)
+        _validate_conversations(self.conversations, len(self.bbox_list), where, image_tags=int(self.image is not None))
 
 
 def _validate_boxes(boxes: Any, scores: Any, where: str) -> None:
@@ -152,10 +154,10 @@ def _validate_boxes(boxes: Any, scores: Any, where: str) -> None:
             raise RecordError(f"{where}: score {i} must be a finite number, got {score!r}")
 
 
-def _validate_conversations(turns: Any, num_boxes: int, where: str) -> None:
+def _validate_conversations(turns: Any, num_boxes: int, where: str, image_tags: int = 1) -> None:
     if not isinstance(turns, list) or len(turns) < 2:
         raise RecordError(f"{where}: conversations must be a list of at least one human and one gpt turn")
-    image_tags = 0
+    expected_tags, image_tags = image_tags, 0
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or set(turn) != {"from", "value"}:
             raise RecordError(f"{where}: turn {i} must be {{'from': ..., 'value': ...}}, got {turn!r}")
@@ -168,10 +170,11 @@ def _validate_conversations(turns: Any, num_boxes: int, where: str) -> None:
         for index in map(int, _REGION_RE.findall(turn["value"])):
             if index >= num_boxes:
                 raise RecordError(f"{where}: turn {i} names <region{index}> but bbox_list has {num_boxes} boxes")
-    if not turns[0]["value"].startswith(f"{prompts.IMAGE_TAG}\n"):
+    if expected_tags and not turns[0]["value"].startswith(f"{prompts.IMAGE_TAG}\n"):
         raise RecordError(f"{where}: the first human turn must start with {prompts.IMAGE_TAG!r} and a newline")
-    if image_tags != 1:
-        raise RecordError(f"{where}: {image_tags} {prompts.IMAGE_TAG} tags, expected exactly one")
+    if image_tags != expected_tags:
+        expected = "exactly one" if expected_tags else "none in a text-only record (image null)"
+        raise RecordError(f"{where}: {image_tags} {prompts.IMAGE_TAG} tags, expected {expected}")
     if len(turns) % 2:
         raise RecordError(f"{where}: the conversation ends with a human turn (no answer to learn from)")
 

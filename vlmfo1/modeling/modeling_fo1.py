@@ -111,34 +111,43 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
 
     def encode_aux(self, aux_pixel_values: torch.Tensor) -> list[list[torch.Tensor]]:
         """DaViT stage maps per image: the output of the last block of each stage."""
+        stages = self.aux_stage_maps(aux_pixel_values)
+        return [[s[i] for s in stages] for i in range(aux_pixel_values.shape[0])]
+
+    def aux_stage_maps(self, aux_pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """DaViT stage maps [N, C_s, H_s, W_s] of the batch, one per stage (channels_last strides)."""
         enc = self.aux_encoder
         out = enc(aux_pixel_values.to(enc.dtype), output_hidden_states=True)
         # hidden_states[0] is the first patch embedding, then one entry per block.
         ends = torch.tensor(self.config.aux_encoder_config.depths).cumsum(0)
-        stages = [out.hidden_states[int(e)] for e in ends]
-        return [[s[i] for s in stages] for i in range(aux_pixel_values.shape[0])]
+        return [out.hidden_states[int(e)] for e in ends]
 
     def encode_regions(
         self,
         region_boxes: list[torch.Tensor],
         primary_levels: list[list[torch.Tensor] | None],
-        aux_maps: list[list[torch.Tensor]] | None,
+        aux_maps: list[torch.Tensor] | None,
     ) -> list[torch.Tensor]:
-        """Region tokens per image from normalised xyxy boxes."""
-        tokens = []
-        for i, boxes in enumerate(region_boxes):
-            if boxes.shape[0] == 0:
-                tokens.append(boxes.new_zeros(0, self.config.vlm_config.text_config.hidden_size))
-                continue
-            tokens.append(
-                self.region_encoder(
-                    boxes,
-                    primary_levels=primary_levels[i],
-                    aux_stage_maps=aux_maps[i] if aux_maps is not None else None,
-                    aux_size=self.config.aux_image_size,
-                )
-            )
-        return tokens
+        """Region tokens per image from normalised xyxy boxes, all images in one region-encoder pass.
+
+        region_boxes[i] and primary_levels[i] belong to image i; aux_maps are the DaViT stage maps
+        of these images as `aux_stage_maps` gives them (per stage, [N, C, H, W]), or None.
+        """
+        counts = [boxes.shape[0] for boxes in region_boxes]
+        hidden = self.config.vlm_config.text_config.hidden_size
+        if sum(counts) == 0:
+            return [boxes.new_zeros(0, hidden) for boxes in region_boxes]
+        flat_boxes = torch.cat(region_boxes)
+        image_index = torch.repeat_interleave(torch.arange(len(counts), device=flat_boxes.device),
+                                              torch.tensor(counts, device=flat_boxes.device))
+        tokens = self.region_encoder(
+            flat_boxes,
+            primary_levels=primary_levels,
+            aux_stage_maps=aux_maps,
+            aux_size=self.config.aux_image_size,
+            image_index=image_index,
+        )
+        return list(tokens.split(counts))
 
     # -- sequence ----------------------------------------------------------------------------
     def _region_boxes_per_sample(self, input_ids: torch.Tensor, region_boxes) -> list[torch.Tensor]:
@@ -191,18 +200,23 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         # Images belong, in order, to the samples that contain image tokens.
         samples_with_image = image_mask.any(-1).nonzero().flatten().tolist()
         image_of_sample = {s: k for k, s in enumerate(samples_with_image)}
-        aux_maps = self.encode_aux(aux_pixel_values) if self.config.use_aux_features else None
-        per_image_boxes, per_image_levels, per_image_aux = [], [], []
+        per_image_boxes, images_with_regions = [], []
         for sample, sample_boxes in enumerate(boxes):
             if sample_boxes.shape[0] == 0:
                 continue
             if sample not in image_of_sample:
                 raise ValueError(f"sample {sample} has region tokens but no image")
-            k = image_of_sample[sample]
             per_image_boxes.append(sample_boxes.to(inputs_embeds.device))
-            per_image_levels.append(primary_levels[k])
-            per_image_aux.append(aux_maps[k] if aux_maps is not None else None)
-        tokens = self.encode_regions(per_image_boxes, per_image_levels, per_image_aux if aux_maps else None)
+            images_with_regions.append(image_of_sample[sample])
+        aux_maps = None
+        if self.config.use_aux_features:
+            if aux_pixel_values is None:
+                raise ValueError("region placeholder tokens need the auxiliary encoder's input (aux_pixel_values)")
+            # The DaViT sees only the images that have regions (it is per-image, so this is exact).
+            if images_with_regions != list(range(aux_pixel_values.shape[0])):
+                aux_pixel_values = aux_pixel_values[images_with_regions]
+            aux_maps = self.aux_stage_maps(aux_pixel_values)
+        tokens = self.encode_regions(per_image_boxes, [primary_levels[k] for k in images_with_regions], aux_maps)
         flat_regions = torch.cat(tokens).to(inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(region_mask[..., None], flat_regions)
 
@@ -254,8 +268,12 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grid_thw, aux_pixel_values, region_boxes)
-            if position_ids is None and image_grid_thw is not None and pixel_values is not None:
-                position_ids, rope_deltas = self.get_rope_index(input_ids, image_grid_thw, attention_mask)
+            prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+            if position_ids is None and prefill:
+                # With no image this gives plain text positions; computing them here also replaces a
+                # rope delta left over from an earlier batch, which would not fit this one.
+                has_image = image_grid_thw is not None and pixel_values is not None
+                position_ids, rope_deltas = self.get_rope_index(input_ids, image_grid_thw if has_image else None, attention_mask)
                 self.vlm.model.rope_deltas = rope_deltas
         if position_ids is None:
             position_ids = self._decode_position_ids(inputs_embeds, attention_mask, past_key_values)

@@ -5,6 +5,12 @@ Two branches, fused by concatenation (SPEC §2.1-2.3):
 - primary: the base VLM's own ViT at its full-attention blocks (before the merger), either through
   SimpleFP (4 levels at strides 3.5/7/14/28, RoIAlign + mean per level) or concatenated on channels.
 Then optional LayerNorm per branch, the box sine embedding added, and the connector MLP.
+
+The encoder works on a batch: the boxes of all images at once, each with the index of its image.
+The DaViT maps of all images are pooled in one pass (they share the auxiliary input size), and
+SimpleFP plus pooling run once per group of equally sized primary images. Pooling uses
+`roi_align_mean`, which gives each box the mean of its RoIAlign bins without building the bins or
+the upsampled, concatenated DaViT map.
 """
 from __future__ import annotations
 
@@ -16,13 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmfo1.modeling.configuration_fo1 import FO1Config
-from vlmfo1.modeling.roi_align import roi_align
+from vlmfo1.modeling.roi_align import roi_align_mean
 
 SIMPLE_FP_SCALES = (4.0, 2.0, 1.0, 0.5)
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channel axis of an NCHW map (ViTDet style)."""
+    """LayerNorm over the channel axis of an NCHW map (ViTDet style).
+
+    Runs the fused `F.layer_norm` on the channels-last view of the map: one kernel instead of a
+    chain of elementwise ops (whose backward dominated SimpleFP's time), and its output is
+    channels_last, which the following convolutions and region pooling keep.
+    """
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -31,10 +42,8 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        normalised = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+        return normalised.permute(0, 3, 1, 2)
 
 
 class ConvNorm(nn.Conv2d):
@@ -45,6 +54,11 @@ class ConvNorm(nn.Conv2d):
         self.norm = ChannelLayerNorm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_size == (1, 1):
+            # A 1x1 convolution is a matmul over channels; as one on the channels-last view it is a
+            # single GEMM (torch's CPU conv picks a slow im2col path for this shape).
+            mixed = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1)).permute(0, 3, 1, 2)
+            return self.norm(mixed)
         return self.norm(super().forward(x))
 
 
@@ -103,10 +117,30 @@ def _layer_norm_fp32(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
 
 
-def _pool_regions(feature_map: torch.Tensor, boxes_px: torch.Tensor, spatial_scale: float, output_size: int):
-    """RoIAlign (torchvision semantics, aligned=False, adaptive sampling) in fp32, then mean over the grid."""
-    pooled = roi_align(feature_map.float(), [boxes_px.float()], output_size, spatial_scale, -1, False)
-    return pooled.mean(dim=(2, 3))
+def _pool_regions(
+    feature_maps: Sequence[torch.Tensor], rois: torch.Tensor, spatial_scale: float, output_size: int
+) -> torch.Tensor:
+    """RoIAlign (torchvision semantics, aligned=False, adaptive sampling) in fp32, mean over the grid.
+
+    `feature_maps` [N, C_i, H_i, W_i] stand for their channel concatenation, each bilinearly resized
+    to the first one's size; `rois` [K, 5] are (image index, x1, y1, x2, y2) in input pixels.
+    """
+    return roi_align_mean([m.float() for m in feature_maps], rois, output_size, spatial_scale, -1, False)
+
+
+def _as_batch(maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """One image's maps [C, H, W] as a batch of one; batched maps [N, C, H, W] unchanged."""
+    return [m[None] if m.dim() == 3 else m for m in maps]
+
+
+def _rois(boxes_px: torch.Tensor, image_index: torch.Tensor | None) -> torch.Tensor:
+    """[K, 5] rois: the image index of each box (all 0 when None) before its pixel corners."""
+    index = (
+        boxes_px.new_zeros(boxes_px.shape[0], 1)
+        if image_index is None
+        else image_index.to(device=boxes_px.device, dtype=boxes_px.dtype)[:, None]
+    )
+    return torch.cat([index, boxes_px], dim=1)
 
 
 def build_connector(connector_type: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -137,33 +171,75 @@ class RegionEncoder(nn.Module):
             config.connector_type, config.region_hidden_size, config.vlm_config.text_config.hidden_size
         )
 
-    def aux_features(self, stage_maps: Sequence[torch.Tensor], boxes: torch.Tensor, aux_size: int) -> torch.Tensor:
-        """stage_maps: one image's DaViT stage outputs [C_s, H_s, W_s]; boxes: normalised xyxy [n, 4]."""
-        size = stage_maps[0].shape[-2:]
-        maps = [stage_maps[0][None].float()] + [
-            F.interpolate(m[None].float(), size=size, mode="bilinear", align_corners=False) for m in stage_maps[1:]
-        ]
-        # roi_align gathers whole channel vectors per sample point; channels-last makes those
-        # contiguous (DaViT's outputs already are, so this is usually free).
-        fused = torch.cat(maps, dim=1).contiguous(memory_format=torch.channels_last)
-        return _pool_regions(fused, boxes * aux_size, 1.0 / self.aux_stride, self.config.roi_output_size)
+    def aux_features(
+        self,
+        stage_maps: Sequence[torch.Tensor],
+        boxes: torch.Tensor,
+        aux_size: int,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[n, aux_region_dim] features of normalised xyxy boxes [n, 4] from the DaViT stage outputs.
 
-    def primary_features(self, levels: Sequence[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """levels: one image's ViT maps [C, H, W] at the full-attention blocks (raster order)."""
-        height, width = levels[-1].shape[-2:]
+        stage_maps: per stage, the batch [N, C_s, H_s, W_s] (or one image's [C_s, H_s, W_s]);
+        image_index [n]: the image of each box (default: image 0). The stage maps are upsampled to
+        the first stage's size and concatenated (SPEC 2.2); `roi_align_mean` pools that fused map
+        without building it.
+        """
+        rois = _rois((boxes * aux_size).float(), image_index)
+        return _pool_regions(_as_batch(stage_maps), rois, 1.0 / self.aux_stride, self.config.roi_output_size)
+
+    def primary_features(
+        self,
+        levels: Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]],
+        boxes: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[n, primary_region_dim] features of normalised xyxy boxes [n, 4] from the primary ViT.
+
+        levels: per image, the list of ViT maps [C, H, W] at the full-attention blocks (raster
+        order); or one image's list. image_index [n]: the image of each box (default: image 0).
+        Images of equal size share one SimpleFP pass and one pooling call per level.
+        """
+        per_image = [levels] if isinstance(levels[0], torch.Tensor) else list(levels)
+        if image_index is None:
+            image_index = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
+        image_index = image_index.to(boxes.device)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for image in sorted(set(image_index.tolist())) or [0]:  # no boxes: an empty, connected result
+            groups.setdefault(tuple(per_image[image][-1].shape[-2:]), []).append(image)
+        if len(groups) == 1:
+            (images,) = groups.values()
+            return self._primary_group(per_image, images, boxes, image_index)
+        # Images of different sizes: one pass per size, then the boxes back in their order.
+        parts, positions = [], []
+        for images in groups.values():
+            selected = torch.isin(image_index, torch.tensor(images, device=boxes.device)).nonzero().flatten()
+            parts.append(self._primary_group(per_image, images, boxes[selected], image_index[selected]))
+            positions.append(selected)
+        return torch.cat(parts).index_select(0, torch.argsort(torch.cat(positions)))
+
+    def _primary_group(
+        self, per_image: list, images: list[int], boxes: torch.Tensor, image_index: torch.Tensor
+    ) -> torch.Tensor:
+        """Primary features of the boxes on `images`, all of one size: their maps pooled as one batch."""
+        used_levels = [-1] if self.config.use_simple_fp else range(len(per_image[images[0]]))
+        maps = [torch.stack([per_image[i][level] for i in images]) for level in used_levels]
+        position_in_group = torch.empty(len(per_image), dtype=torch.long, device=boxes.device)
+        position_in_group[images] = torch.arange(len(images), device=boxes.device)
+        height, width = maps[-1].shape[-2:]
         scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32) * self.patch_size
-        boxes_px = boxes.float() * scale
+        rois = _rois(boxes.float() * scale, position_in_group[image_index])
         size = self.config.roi_output_size
         if self.config.use_simple_fp:
-            pyramid = self.simple_fp(levels[-1][None])
+            pyramid = self.simple_fp(maps[-1])
             return torch.cat(
                 [
-                    _pool_regions(level, boxes_px, 1.0 / (self.patch_size / factor), size)
+                    _pool_regions([level], rois, 1.0 / (self.patch_size / factor), size)
                     for level, factor in zip(pyramid, SIMPLE_FP_SCALES)
                 ],
                 dim=-1,
             )
-        return _pool_regions(torch.cat(list(levels), dim=0)[None], boxes_px, 1.0 / self.patch_size, size)
+        return _pool_regions(maps, rois, 1.0 / self.patch_size, size)
 
     def fuse(self, aux: torch.Tensor | None, primary: torch.Tensor | None, boxes: torch.Tensor) -> torch.Tensor:
         """[LN(aux) | LN(primary)] + box embedding, in fp32: the HFRE output before the connector."""
@@ -181,13 +257,21 @@ class RegionEncoder(nn.Module):
     def forward(
         self,
         boxes: torch.Tensor,
-        primary_levels: Sequence[torch.Tensor] | None = None,
+        primary_levels: Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]] | None = None,
         aux_stage_maps: Sequence[torch.Tensor] | None = None,
         aux_size: int | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Region tokens [n, hidden] for one image's normalised xyxy boxes [n, 4]."""
-        aux = self.aux_features(aux_stage_maps, boxes, aux_size) if self.config.use_aux_features else None
-        primary = self.primary_features(primary_levels, boxes) if self.config.use_primary_features else None
+        """Region tokens [n, hidden] for normalised xyxy boxes [n, 4].
+
+        One image: its level list and its stage maps [C, H, W]. A batch: `image_index` [n] gives
+        each box's image, `primary_levels` lists each image's levels and `aux_stage_maps` holds
+        [N, C_s, H_s, W_s] per stage (see `aux_features` / `primary_features`).
+        """
+        aux = self.aux_features(aux_stage_maps, boxes, aux_size, image_index) if self.config.use_aux_features else None
+        primary = (
+            self.primary_features(primary_levels, boxes, image_index) if self.config.use_primary_features else None
+        )
         fused = self.fuse(aux, primary, boxes)
         first = self.connector[0].weight
         return self.connector(fused.to(first.dtype))

@@ -364,7 +364,8 @@ class FO1TrainingDataset(Dataset):
 
     def prepared(self, k: int) -> tuple[FO1Record, Any]:
         record, source, rng = self.record(k)
-        image = load_image(source.image_root / record.image)
+        if record.image is None:  # text-only (language data): no image, no regions
+            return record, None
         if source.proposals is not None:
             boxes, scores = source.proposals(record, image)
             record, _ = attach_proposals(record, boxes, scores, rng, self.iou_threshold, self.max_regions)

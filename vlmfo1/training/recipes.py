@@ -253,25 +253,21 @@ def _machine() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def generate_answers(model, processor, records: Sequence[FO1Record], image_root: Path, max_new_tokens: int = 96,
                      batch_size: int = 8) -> dict[str, str]:
-    """Greedy answers of `model` to each record's question, with the record's proposals as regions."""
-    from vlmfo1.processing.image_processing import load_image
+    """Greedy answers of `model` to each record's question, with the record's proposals as regions
+    (the evaluation runner's code path: `vlmfo1.evaluation.runner.answer_items`)."""
+    from vlmfo1.evaluation.items import EvalItem
+    from vlmfo1.evaluation.runner import answer_items
+    from vlmfo1.pipeline import FO1Pipeline
 
-    model.eval()
-    answers: dict[str, str] = {}
-    for start in range(0, len(records), batch_size):
-        batch = records[start:start + batch_size]
-        inputs = processor(
-            images=[load_image(image_root / r.image) for r in batch],
-            boxes=[r.bbox_list for r in batch],
-            text=[r.prompt for r in batch],
-        )
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        for record, ids in zip(batch, generated[:, inputs["input_ids"].shape[1]:]):
-            answers[record.id] = processor.tokenizer.decode(ids, skip_special_tokens=False).split("<|im_end|>")[0]
-    return answers
+    pipeline = FO1Pipeline(model, processor, proposer=None, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    items = [
+        EvalItem(id=r.id, image=str(Path(image_root) / r.image), prompt=r.prompt, target={},
+                 proposals=[list(box) for box in r.bbox_list], proposal_scores=list(r.score_list))
+        for r in records
+    ]
+    return {item.id: answered.answer for item, answered in zip(items, answer_items(pipeline, items))}
 
 
 def evaluate_shapeworld(
@@ -285,7 +281,9 @@ def evaluate_shapeworld(
     limit: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Held-out scores of a model folder on a ShapeWorld split, with `vlmfo1.evaluation`:
+    """Held-out scores of a model folder on a ShapeWorld split, through the evaluation runner
+    (`vlmfo1.evaluation.runner.run_evaluation`, task `shapeworld`; its files go to `out_dir`,
+    a temporary folder when None):
 
     * `detection_map`: COCO bbox AP (pycocotools) of the "detect everything" answers against the
       split's COCO file — each region named under a shape label is a detection with the proposal's
@@ -293,63 +291,49 @@ def evaluate_shapeworld(
     * `counting`: exact-match accuracy of the counting answers (SPEC §5 protocol);
     * `shapeworld`: the ShapeWorld task's own scores (region-index F1 etc.) for every task asked.
     """
+    import tempfile
+
+    from vlmfo1.evaluation.adapters.shapeworld import load_shapeworld
     from vlmfo1.evaluation.metrics.detection import coco_bbox_map, detections_to_coco_results
-    from vlmfo1.evaluation.tasks import get_task
-    from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
+    from vlmfo1.evaluation.predictions import read_prediction_records
+    from vlmfo1.evaluation.runner import run_evaluation
     from vlmfo1.parsing import parse_answer
-    from vlmfo1.processing.processing_fo1 import FO1Processor
 
     data_dir = Path(data_dir)
-    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir))
-    processor = FO1Processor.from_pretrained(model_dir)
-    records = [r for r in read_records(data_dir / f"{split}.fo1.jsonl") if _task_name(r) in tasks]
-    if limit is not None:
-        records = records[:limit]
-    start = time.perf_counter()
-    answers = generate_answers(model, processor, records, data_dir, max_new_tokens, batch_size)
-    seconds = time.perf_counter() - start
-    log(f"eval: {len(records)} answers in {seconds:.0f} s")
+    # Rejection records are detection questions whose objects are absent.
+    wanted = tuple(tasks) + (("rejection",) if "detection" in tasks else ())
+    dataset = load_shapeworld(data_dir, split=split, tasks=wanted).limit(limit)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(out_dir) if out_dir is not None else Path(scratch)
+        # A fresh run every time: the recipe retrains its model into the same folder.
+        run = run_evaluation("shapeworld", dataset, str(model_dir), out_dir=out, proposer=None,
+                             batch_size=batch_size, max_new_tokens=max_new_tokens, resume=False, progress=False, log=log)
+        answers = {key: record["answer"] for key, record in read_prediction_records(run["files"]["predictions"]).items()}
+    seconds = run["run"]["seconds"]
+    log(f"eval: {len(dataset)} answers in {seconds:.0f} s")
 
-    report: dict[str, Any] = {"split": split, "num_records": len(records), "generation_seconds": round(seconds, 1)}
-    shapeworld = get_task("shapeworld")
-    dataset = shapeworld.load(data_dir, None, split)
-    wanted = {r.id for r in records}
-    dataset = dataclasses.replace(dataset, items=[item for item in dataset.items if item.id in wanted])
-    report["shapeworld"] = shapeworld.score(dataset, {rid: {"id": rid, "answer": a} for rid, a in answers.items()})["metrics"]
-
+    report: dict[str, Any] = {"split": split, "num_records": len(dataset), "generation_seconds": round(seconds, 1),
+                              "shapeworld": run["metrics"]}
     coco = json.loads((data_dir / f"{split}.coco.json").read_text())
     category_ids = {c["name"]: c["id"] for c in coco["categories"]}
-    everything = [r for r in records if r.task == "detect_everything"]
+    everything = [item for item in dataset.items if item.target["task"] == "detect_everything"]
     if everything:
         results, unknown = [], []
-        for record in everything:
-            parsed = parse_answer(answers[record.id], record.bbox_list, record.score_list)
+        for item in everything:
+            parsed = parse_answer(answers[item.id], item.proposals, item.proposal_scores)
             detections = [(g.label, ref.box, ref.score) for g in parsed.groups for ref in g.regions]
-            found, missing = detections_to_coco_results(record.meta["scene_index"], detections, category_ids)
+            found, missing = detections_to_coco_results(item.target["meta"]["scene_index"], detections, category_ids)
             results += found
             unknown += missing
-        images = {r.meta["scene_index"] for r in everything}
+        images = {item.target["meta"]["scene_index"] for item in everything}
         gt = {**coco, "images": [i for i in coco["images"] if i["id"] in images],
               "annotations": [a for a in coco["annotations"] if a["image_id"] in images]}
         detection = coco_bbox_map(gt, results)
         report["detection_map"] = {k: detection[k] for k in ("AP", "AP50", "AP75", "AR100")}
         report["detection_map"]["images"] = len(images)
         report["detection_map"]["unknown_labels"] = len(unknown)
-    counting = [r for r in records if r.task == "counting"]
-    if counting:
-        from vlmfo1.evaluation.metrics.counting import counting_scores
-
-        report["counting"] = counting_scores([answers[r.id] for r in counting], [r.meta["count"] for r in counting])
+    if "counting" in report["shapeworld"]["per_task"]:
+        report["counting"] = report["shapeworld"]["per_task"]["counting"]
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / f"{split}.predictions.jsonl", "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps({"id": record.id, "task": record.task, "answer": answers[record.id],
-                                         "reference": record.answer}) + "\n")
-        (out / f"{split}.metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        (Path(out_dir) / f"{split}.metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _task_name(record: FO1Record) -> str:
-    return "detection" if record.task == "rejection" else record.task

@@ -36,6 +36,7 @@ SIZE_RATIO = 1.3  # "largest"/"smallest"/"larger" need this lead over the runner
 NEAREST_RATIO = 0.75  # "closest to" needs the nearest to be this much nearer than the next
 RELATION_MARGIN = 0.03  # of the shorter image side: gap a relation or an extreme needs to be clear
 _TRIES = 12
+CHOICE_OPTIONS = 3  # options of a multiple-choice image question, one of them right
 
 
 @dataclass
@@ -509,7 +510,7 @@ def _image_qa(f: _Facts) -> TaskSample | None:
     rng = f.rng
     if not f.objects:
         return None
-    kinds = ["count_all", "count_colour", "exists"]
+    kinds = ["count_all", "count_colour", "exists", "choice"]
     if len(f.objects) >= 2:
         kinds += ["largest_colour", "extreme_shape", "most_common_colour"]
     if sum(1 for obj in f.objects if obj.word) == 1:
@@ -548,6 +549,27 @@ def _image_question(f: _Facts, kind: str):
             phrase = NounPhrase(obj.category, obj.colour)
         ids = [obj.id for obj in f.matching(phrase)]
         return f"Is there {counted(phrase, 1)} in this image?", _yes_no(bool(ids)), ids
+    if kind == "choice":
+        # Multiple choice with the answer's letter and text: the image-level form of what FO1 asks
+        # later (find the listed item that fits the image, name its marker, copy its label). A base
+        # VLM brings this ability from pre-training; the stand-in base learns it here.
+        obj = rng.choice(objects)
+        options, seen = [NounPhrase(obj.category, obj.colour)], {(obj.category, obj.colour)}
+        for _ in range(_TRIES):
+            if len(options) == CHOICE_OPTIONS:
+                break
+            phrase = f.absent_phrase()
+            if phrase is not None and (phrase.category, phrase.colour) not in seen and not f.matching(phrase):
+                options.append(phrase)
+                seen.add((phrase.category, phrase.colour))
+        if len(options) < 2:
+            return None
+        rng.shuffle(options)
+        letters = "ABCD"
+        listed = " ".join(f"({letters[i]}) {phrase.text()}" for i, phrase in enumerate(options))
+        right = next(i for i, phrase in enumerate(options) if phrase.matches(obj))
+        answer = f"({letters[right]}) {options[right].text()}"
+        return f"Which of these is in the image? {listed}", answer, [o.id for o in f.matching(options[right])]
     if kind == "largest_colour":
         best = _extreme(list(objects), "largest", f.margin)
         return None if best is None else ("What colour is the largest shape?", best.colour, [best.id])

@@ -1,0 +1,1010 @@
+"""The paper's claims in miniature, on ShapeWorld (issue 9; method and results in docs/reproduction.md).
+
+    python benchmarks/reproduce.py --budget tiny  --out runs/repro-tiny     # seconds: plumbing only
+    python benchmarks/reproduce.py --budget small --out runs/repro-small    # < 30 min on 2 CPU cores
+    python benchmarks/reproduce.py --budget full  --out runs/repro-full     # the numbers of the docs
+
+Per seed: one base VLM (stage 0 of `vlmfo1.training.recipes.DemoRecipe`: image-level ShapeWorld
+questions, no regions; kept frozen, every arm starts from a copy), then from that base, at an equal
+budget (the same records, steps and batch size per phase; wall times reported):
+
+* (a) `coordinates`: the coordinate-generating twin, the same model class trained (ViT + LLM) on the
+  coordinate twins of FO1's records (Qwen2.5-VL's JSON boxes, no regions: then FO1 is exactly a plain
+  Qwen2.5-VL), phase 1 on the stage-1 records, phase 2 on the stage-2 records;
+* (b) `fo1`: FO1 stage 1 then stage 2 (the recipe's plans and the `stage1`/`stage2` presets);
+* ablations (paper Tables 8, 9): `aux_only`, `primary_simple_fp`, `primary_no_simple_fp` (FO1 with
+  one region branch, or without SimpleFP), and `fo1_vit_unfrozen` (FO1's stage 1, then a stage 2
+  that also trains the primary ViT).
+
+Every model is evaluated on one held-out split of harder scenes (the `heldout` ShapeWorld preset,
+a seed no training split uses), with the same scoring code for both answer formats: detection mAP
+(pycocotools, "detect everything" answers; FO1: box = proposal, score = proposal score; twin: box as
+written, score = its token probability or 1.0), REC Acc@0.5, counting accuracy, rejection accuracy,
+region caption SS (all-MiniLM-L6-v2), and image-level QA accuracy (the base before / the arms after
+training: forgetting). (a) and (b) are also evaluated at intermediate steps (mAP vs. steps).
+
+Resumable: every finished piece (data, stage, evaluation) is kept in --out and skipped when the
+command is run again; an interrupted stage continues from its last checkpoint. Results:
+``results.json``, ``report.md`` (the tables, also printed), ``curve.csv`` and ``curve.png``
+(when matplotlib is installed).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+# Runnable as a script from a checkout (python benchmarks/reproduce.py) without installing.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vlmfo1.data.records import FO1Record, read_records, write_records  # noqa: E402
+from vlmfo1.training.recipes import DemoRecipe, StagePlan  # noqa: E402
+
+HELDOUT_SPLIT = "heldout"
+# The held-out questions: every metric of the issue. Detection slots also make the rejection
+# records (ShapeWorldConfig.rejection_share of them ask only for absent shapes).
+EVAL_TASKS = ("detect_everything", "detection", "rec", "counting", "region_caption_brief", "image_qa")
+CURVE_TASKS = ("detect_everything",)
+BASE_TASKS = ("image_qa",)
+# Groups the coordinate twin trains: a plain VLM's SFT (stage 0's groups; no region modules are used).
+COORDINATE_GROUPS = ("vision", "image_projector", "llm")
+TRAIN_RECORD = "reproduce_train.json"
+SCORES_FILE = "scores.json"
+PREDICTIONS_FILE = "answers.json"
+PERCEPTION_METRICS = ("map", "rec_acc50", "counting", "rejection", "caption_ss")
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets: every number of a run in one place
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReproBudget:
+    """Everything that sizes a run. `recipe` carries the data, model size, tokenizer and the plans of
+    stages 0, 1 and 2 (`DemoRecipe`): tuned recipe settings plug in here unchanged."""
+
+    name: str
+    recipe: DemoRecipe
+    # Learning rates of the twin's two phases (None: the recipe's stage-2 rate in both, the rate at
+    # which FO1's LLM trains). The twin's records, steps and batch sizes are FO1's.
+    twin_learning_rates: tuple[float, float] | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    heldout_scenes: int = 150
+    heldout_seed: int = 1000
+    heldout_task_counts: dict[str, int] = field(default_factory=lambda: {
+        "detect_everything": 1, "detection": 2, "rec": 2, "counting": 1, "region_caption_brief": 1, "image_qa": 2,
+    })
+    # ShapeWorldConfig.heldout(**overrides). Every held-out detection slot asks for absent shapes:
+    # detection itself is measured by the "detect everything" mAP, the slots measure rejection.
+    heldout_overrides: dict[str, Any] = field(default_factory=lambda: {"rejection_share": 1.0})
+    curve_points: int = 4  # evaluations per training phase of (a) and (b); the last is the phase's end
+    curve_scenes: int = 50  # held-out scenes of those evaluations ("detect everything" only)
+    # Generation limit per task: this many times the longest reference answer (tokens) + 8, so that
+    # neither answer format is cut off for its length; `max_new_tokens_cap` bounds it (None: no bound).
+    answer_length_margin: float = 1.25
+    max_new_tokens_cap: int | None = None
+    eval_batch_size: int = 8
+
+    def twin_rates(self) -> tuple[float, float]:
+        if self.twin_learning_rates is not None:
+            return tuple(self.twin_learning_rates)
+        return (self.recipe.stage2.learning_rate, self.recipe.stage2.learning_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """What results depend on (seeds and threads do not: seeds are separate runs)."""
+        data = self.to_dict()
+        data.pop("seeds")
+        data["recipe"].pop("threads", None)
+        data["recipe"].pop("seed", None)
+        return json.loads(json.dumps(data))
+
+
+def _scaled(recipe: DemoRecipe, **changes) -> DemoRecipe:
+    return dataclasses.replace(recipe, **changes)
+
+
+def _steps(plan: StagePlan, steps: int, batch_size: int | None = None) -> StagePlan:
+    return dataclasses.replace(plan, steps=steps, batch_size=batch_size or plan.batch_size)
+
+
+def budget(name: str) -> ReproBudget:
+    """The presets. `full` is the recipe as tuned (`DemoRecipe()`); `small` the same plans with fewer
+    steps and scenes on the `tiny` model size; `tiny` a few steps of everything (the test)."""
+    tuned = DemoRecipe()
+    if name == "full":
+        return ReproBudget("full", tuned)
+    if name == "small":
+        recipe = _scaled(
+            tuned, size="tiny", train_scenes=300, tokenizer_scenes=200,
+            stage0=_steps(tuned.stage0, 150), stage1=_steps(tuned.stage1, 60), stage2=_steps(tuned.stage2, 90),
+        )
+        return ReproBudget("small", recipe, seeds=(0,), heldout_scenes=30, curve_points=2, curve_scenes=15,
+                           max_new_tokens_cap=640)
+    if name == "tiny":
+        recipe = DemoRecipe.quick(
+            train_scenes=6, tokenizer_scenes=10,
+            stage0=StagePlan({"image_qa": 1}, steps=1, learning_rate=1e-3, batch_size=2),
+            stage1=StagePlan({"detect_everything": 1, "detection": 1}, steps=2, learning_rate=1e-3, batch_size=2),
+            stage2=StagePlan({"detect_everything": 1, "detection": 1, "image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
+        )
+        return ReproBudget(
+            "tiny", recipe, seeds=(0,), heldout_scenes=2,
+            heldout_task_counts={"detect_everything": 1, "detection": 1, "rec": 1, "counting": 1,
+                                 "region_caption_brief": 1, "image_qa": 1},
+            curve_points=2, curve_scenes=2, max_new_tokens_cap=10, eval_batch_size=8,
+        )
+    raise ValueError(f"unknown budget {name!r}; choose from tiny, small, full")
+
+
+# ---------------------------------------------------------------------------------------------
+# The arms
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    title: str  # row label of the tables
+    kind: str  # "fo1" (region tokens) or "coordinates" (the twin)
+    config_changes: dict[str, Any] = field(default_factory=dict)  # FO1Config fields changed from the base
+    stage2_extra_groups: tuple[str, ...] = ()  # groups trained in stage 2 beyond the `stage2` preset's
+    stage1_from: str | None = None  # an arm whose stage 1 this arm continues from
+    curve: bool = False  # evaluated at intermediate steps (mAP vs. steps)
+
+
+ARMS: tuple[Arm, ...] = (
+    Arm("coordinates", "(a) coordinate twin (JSON boxes)", "coordinates", curve=True),
+    Arm("fo1", "(b) FO1: aux + primary, primary ViT frozen", "fo1", curve=True),
+    Arm("fo1_vit_unfrozen", "FO1, primary ViT unfrozen", "fo1", stage2_extra_groups=("vision",), stage1_from="fo1"),
+    Arm("aux_only", "only auxiliary region feature", "fo1", config_changes={"use_primary_features": False}),
+    Arm("primary_simple_fp", "only primary region feature, with SimpleFP", "fo1",
+        config_changes={"use_aux_features": False, "use_simple_fp": True}),
+    Arm("primary_no_simple_fp", "only primary region feature, without SimpleFP", "fo1",
+        config_changes={"use_aux_features": False, "use_simple_fp": False}),
+)
+ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def write_heldout(budget_: ReproBudget, folder: Path, log: Callable[[str], None]) -> None:
+    """The held-out split (FO1 records and their coordinate twins), once for every seed."""
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+
+    if (folder / f"{HELDOUT_SPLIT}.coords.jsonl").exists():
+        return
+    config = ShapeWorldConfig.heldout(task_counts=dict(budget_.heldout_task_counts), **budget_.heldout_overrides)
+    summary = write_dataset(folder, n=budget_.heldout_scenes, seed=budget_.heldout_seed, split=HELDOUT_SPLIT,
+                            config=config, coordinates=True)
+    log(f"held-out split: {summary.images} scenes, {summary.objects} objects, records {summary.records}")
+
+
+def write_training_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None]) -> None:
+    """The recipe's training data (`make_data`: train split and stage files) plus the coordinate twin
+    of every stage-1/2 records file (`stage{N}.coords.jsonl`: the same records, same order)."""
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+    from vlmfo1.training.recipes import make_data
+
+    if all((data_dir / f"stage{n}.coords.jsonl").exists() for n in (1, 2)):
+        return
+    make_data(recipe, data_dir, log)
+    # make_data writes no coordinate records; the same split is written again with them. Scenes are
+    # a function of (seed, split, index), so the FO1 records must come out byte for byte the same.
+    saved = json.loads((data_dir / "train.config.json").read_text())
+    fo1_file = data_dir / "train.fo1.jsonl"
+    before = fo1_file.read_bytes()
+    write_dataset(data_dir, n=saved["n"], seed=saved["seed"], split="train",
+                  config=ShapeWorldConfig.from_dict(saved["config"]), coordinates=True)
+    if fo1_file.read_bytes() != before:
+        raise RuntimeError(f"{fo1_file}: rewriting the train split with coordinates changed its FO1 records")
+    twins = {record.meta["fo1_id"]: record for record in read_records(data_dir / "train.coords.jsonl")}
+    for number in (1, 2):
+        stage_records = list(read_records(data_dir / f"stage{number}.fo1.jsonl"))
+        missing = [r.id for r in stage_records if r.id not in twins]
+        if missing:
+            raise RuntimeError(f"stage {number} records without a coordinate twin (first: {missing[:3]})")
+        write_records(data_dir / f"stage{number}.coords.jsonl", [twins[r.id] for r in stage_records])
+
+
+def write_tokenizer(recipe: DemoRecipe, folder: Path) -> None:
+    """The recipe's BPE tokenizer, learned from the FO1 texts *and* the coordinate texts of the same
+    scenes: JSON boxes then get merged tokens as in a real VLM's tokenizer, not single bytes."""
+    from vlmfo1.data.shapeworld import generate_example
+    from vlmfo1.training.tiny import shapeworld_corpus, train_small_tokenizer
+
+    if (folder / "tokenizer.json").exists():
+        return
+    seed = recipe.seed + 12345  # the recipe's tokenizer seed (run_demo_recipe)
+    texts = shapeworld_corpus(recipe.tokenizer_scenes, seed=seed)
+    for index in range(recipe.tokenizer_scenes):
+        for record in generate_example(index=index, seed=seed, split="tokenizer").coordinate_records():
+            texts.extend(turn["value"] for turn in record.conversations)
+    train_small_tokenizer(texts, vocab_size=recipe.tokenizer_vocab).save_pretrained(str(folder))
+
+
+class HeldOut:
+    """The held-out split: FO1 records, their coordinate twins (by FO1 id) and the COCO file."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.records = list(read_records(folder / f"{HELDOUT_SPLIT}.fo1.jsonl"))
+        self.twins = {r.meta["fo1_id"]: r for r in read_records(folder / f"{HELDOUT_SPLIT}.coords.jsonl")}
+        self.coco = json.loads((folder / f"{HELDOUT_SPLIT}.coco.json").read_text())
+
+    def items(self, tasks: Sequence[str], scenes: int | None = None) -> list[FO1Record]:
+        """Records of `tasks` (rejection records with detection) of the first `scenes` scenes."""
+        wanted = set(tasks) | ({"rejection"} if "detection" in tasks else set())
+        return [r for r in self.records
+                if r.task in wanted and (scenes is None or r.meta["scene_index"] < scenes)]
+
+    def answer_limit(self, tokenizer, items: Sequence[FO1Record], kind: str, margin: float, cap: int | None) -> int:
+        """max_new_tokens for `items` in answer format `kind`: `margin` x the longest reference answer + 8."""
+        answers = [(self.twins[r.id] if kind == "coordinates" else r).answer for r in items]
+        longest = max(len(tokenizer(answer)["input_ids"]) for answer in answers) + 1  # + end of turn
+        limit = int(math.ceil(margin * longest)) + 8
+        return min(limit, cap) if cap else limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: one code path for both answer formats
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    text: str  # the answer's text outside its pointers (FO1: the answer itself; twin: without the JSON)
+    # (label, xyxy box, {scoring: score}) per box the answer names, in answer order
+    detections: list[tuple[str | None, list[float], dict[str, float]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "detections": [[label, list(box), scores] for label, box, scores in self.detections]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Prediction":
+        return cls(data["text"], [(label, list(box), dict(scores)) for label, box, scores in data["detections"]])
+
+
+def fo1_prediction(record: FO1Record, answer: str) -> Prediction:
+    """An FO1 answer: the named regions' proposal boxes, scored by the proposal score (SPEC §5)."""
+    from vlmfo1.parsing import parse_answer
+
+    parsed = parse_answer(answer, record.bbox_list, record.score_list)
+    detections = [(group.label, list(ref.box), {"proposal": ref.score}) for group in parsed.groups for ref in group.regions]
+    detections += [(None, list(ref.box), {"proposal": ref.score}) for ref in parsed.mentions]
+    return Prediction(answer, detections)
+
+
+def coordinate_prediction(parsed, scores: dict[str, list[float]]) -> Prediction:
+    detections = [(box.label, list(box.box), {s: values[k] for s, values in scores.items()})
+                  for k, box in enumerate(parsed.boxes)]
+    return Prediction(parsed.remainder, detections)
+
+
+def score_items(items: Sequence[FO1Record], predictions: dict[str, Prediction], coco: dict[str, Any],
+                scorings: Sequence[str]) -> dict[str, Any]:
+    """The headline metrics of `items` (FO1 records of the held-out split) from their predictions."""
+    from vlmfo1.evaluation.metrics.counting import counting_scores
+    from vlmfo1.evaluation.metrics.referring import rec_scores
+    from vlmfo1.evaluation.metrics.shapeworld import caption_similarity, short_answer_accuracy
+
+    missing = [item.id for item in items if item.id not in predictions]
+    if missing:
+        raise ValueError(f"{len(missing)} items have no prediction (first: {missing[:3]})")
+    by_task: dict[str, list[FO1Record]] = {}
+    for item in items:
+        by_task.setdefault(item.task, []).append(item)
+    scores: dict[str, Any] = {"num_items": len(items)}
+    if "detect_everything" in by_task:
+        scores["detection"] = {s: detection_map(by_task["detect_everything"], predictions, coco, s) for s in scorings}
+    single = [item for item in by_task.get("rec", []) if len(item.meta["gt_boxes"]) == 1]
+    if single:  # RefCOCO's protocol: expressions with one referent, top-1 box
+        top1 = [predictions[item.id].detections[0][1] if predictions[item.id].detections else None for item in single]
+        scores["rec"] = rec_scores(top1, [item.meta["gt_boxes"][0] for item in single])
+    if "counting" in by_task:
+        counted = by_task["counting"]
+        scores["counting"] = counting_scores([predictions[i.id].text for i in counted], [i.meta["count"] for i in counted])
+    if "rejection" in by_task:
+        rejected = by_task["rejection"]
+        correct = sum(not predictions[item.id].detections for item in rejected)
+        scores["rejection"] = {"accuracy": correct / len(rejected), "num_items": len(rejected)}
+    if "region_caption_brief" in by_task:
+        captioned = by_task["region_caption_brief"]
+        scores["caption"] = caption_similarity([predictions[i.id].text for i in captioned], [i.meta["caption"] for i in captioned])
+    if "image_qa" in by_task:
+        asked = by_task["image_qa"]
+        scores["image_qa"] = short_answer_accuracy([predictions[i.id].text for i in asked], [i.meta["answer"] for i in asked])
+        per_type: dict[str, list[FO1Record]] = {}
+        for item in asked:
+            per_type.setdefault(item.meta["question_type"], []).append(item)
+        scores["image_qa"]["per_type"] = {
+            kind: short_answer_accuracy([predictions[i.id].text for i in group], [i.meta["answer"] for i in group])
+            for kind, group in sorted(per_type.items())
+        }
+    return scores
+
+
+def detection_map(items: Sequence[FO1Record], predictions: dict[str, Prediction], coco: dict[str, Any], scoring: str) -> dict[str, Any]:
+    """COCO bbox AP of the answers to "detect everything" (labels that are no shape are dropped)."""
+    from vlmfo1.evaluation.metrics.detection import coco_bbox_map, detections_to_coco_results
+
+    category_ids = {c["name"]: c["id"] for c in coco["categories"]}
+    results, unknown = [], 0
+    for item in items:
+        labelled = [(label or "", box, box_scores[scoring]) for label, box, box_scores in predictions[item.id].detections]
+        found, missing = detections_to_coco_results(item.meta["scene_index"], labelled, category_ids)
+        results += found
+        unknown += len(missing)
+    images = {item.meta["scene_index"] for item in items}
+    gt = {**coco, "images": [i for i in coco["images"] if i["id"] in images],
+          "annotations": [a for a in coco["annotations"] if a["image_id"] in images]}
+    stats = coco_bbox_map(gt, results)
+    return {**{key: stats[key] for key in ("AP", "AP50", "AP75", "AR100")},
+            "images": len(images), "detections": len(results), "unknown_labels": unknown}
+
+
+def reference_scores(heldout: HeldOut, items: Sequence[FO1Record]) -> dict[str, Any]:
+    """What the reference answers of each format score: FO1's ceiling is set by its proposals."""
+    from vlmfo1.evaluation.coordinates import parse_coordinate_answer
+
+    fo1 = {item.id: fo1_prediction(item, item.answer) for item in items}
+    twins = {}
+    for item in items:
+        parsed = parse_coordinate_answer(heldout.twins[item.id].answer)
+        twins[item.id] = coordinate_prediction(parsed, {"constant": [1.0] * len(parsed.boxes)})
+    return {"fo1": score_items(items, fo1, heldout.coco, ("proposal",)),
+            "coordinates": score_items(items, twins, heldout.coco, ("constant",))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of one model
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_model(kind: str, model_dir: Path, heldout: HeldOut, items: Sequence[FO1Record], out_dir: Path,
+                   budget_: ReproBudget, log: Callable[[str], None]) -> dict[str, Any]:
+    """Scores of one model on `items` (cached in out_dir/scores.json, answers in answers.json)."""
+    cached = out_dir / SCORES_FILE
+    if cached.exists():
+        return json.loads(cached.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if kind == "coordinates":
+        predictions, extra = _answer_coordinates(model_dir, heldout, items, out_dir, budget_)
+        scorings = ("token_probability", "constant")
+    else:
+        predictions, extra = _answer_fo1(model_dir, heldout, items, out_dir, budget_, log)
+        scorings = ("proposal",)
+    (out_dir / PREDICTIONS_FILE).write_text(json.dumps({k: p.to_dict() for k, p in predictions.items()}) + "\n")
+    scores = score_items(items, predictions, heldout.coco, scorings)
+    scores["answers"] = extra
+    scores["eval_seconds"] = round(time.perf_counter() - start, 1)
+    cached.write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def _answer_fo1(model_dir, heldout: HeldOut, items, out_dir: Path, budget_: ReproBudget, log):
+    """FO1 answers through the recipe's evaluation (`evaluate_shapeworld`: the evaluation runner)."""
+    from vlmfo1.evaluation.predictions import read_prediction_records
+    from vlmfo1.evaluation.runner import PREDICTIONS_FILE as RUNNER_PREDICTIONS
+    from vlmfo1.processing.processing_fo1 import FO1Processor
+    from vlmfo1.training.recipes import evaluate_shapeworld
+
+    # evaluate_shapeworld asks rejection records with the detection task.
+    asked = {item.task for item in items}
+    tasks = tuple(sorted(asked - {"rejection"} | ({"detection"} if "rejection" in asked else set())))
+    tokenizer = FO1Processor.from_pretrained(model_dir).tokenizer
+    max_new_tokens = heldout.answer_limit(tokenizer, items, "fo1", budget_.answer_length_margin, budget_.max_new_tokens_cap)
+    runner_dir = out_dir / "runner"
+    # `evaluate_shapeworld` takes its items in file order; a `limit` of the item count keeps exactly
+    # the first `scenes` scenes because each scene's records are consecutive.
+    report = evaluate_shapeworld(model_dir, heldout.folder, HELDOUT_SPLIT, runner_dir, tasks=tasks,
+                                 max_new_tokens=max_new_tokens, batch_size=budget_.eval_batch_size,
+                                 limit=len(items), log=log)
+    answers = read_prediction_records(runner_dir / RUNNER_PREDICTIONS)
+    if set(answers) != {item.id for item in items}:
+        raise RuntimeError(f"{runner_dir}: evaluate_shapeworld answered other items than the {len(items)} asked")
+    predictions = {item.id: fo1_prediction(item, answers[item.id]["answer"]) for item in items}
+    extra = {"max_new_tokens": max_new_tokens, "generation_seconds": report.get("generation_seconds"),
+             "num_cut_off": sum(any("cut off" in w for w in answers[i.id].get("warnings") or []) for i in items),
+             "num_with_warnings": sum(bool(answers[i.id].get("warnings")) for i in items),
+             "mean_answer_tokens": _mean_tokens(tokenizer, items, {i.id: answers[i.id]["answer"] for i in items})}
+    return predictions, extra
+
+
+def _answer_coordinates(model_dir, heldout: HeldOut, items, out_dir: Path, budget_: ReproBudget):
+    """Twin answers, one generation per task so that each task gets its own length limit."""
+    from vlmfo1.evaluation.coordinates import answer_coordinate_records
+    from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
+    from vlmfo1.processing.processing_fo1 import FO1Processor
+
+    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir))
+    processor = FO1Processor.from_pretrained(model_dir)
+    by_task: dict[str, list[FO1Record]] = {}
+    for item in items:
+        by_task.setdefault(item.task, []).append(item)
+    predictions, rows, limits, texts = {}, [], {}, {}
+    for task, group in by_task.items():
+        limits[task] = heldout.answer_limit(processor.tokenizer, group, "coordinates", budget_.answer_length_margin,
+                                            budget_.max_new_tokens_cap)
+        answered = answer_coordinate_records(model, processor, [heldout.twins[item.id] for item in group], heldout.folder,
+                                             max_new_tokens=limits[task], batch_size=budget_.eval_batch_size)
+        for item, answer in zip(group, answered):
+            predictions[item.id] = coordinate_prediction(answer.parsed, answer.scores)
+            texts[item.id] = answer.answer
+            rows.append({**answer.to_dict(), "task": task})
+    with open(out_dir / "coordinate_answers.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    extra = {
+        "max_new_tokens": limits,
+        "num_cut_off": sum(not row["finished"] for row in rows),
+        "num_with_warnings": sum(bool(row["warnings"]) for row in rows),
+        "mean_answer_tokens": _mean_tokens(processor.tokenizer, items, texts),
+    }
+    return predictions, extra
+
+
+def _mean_tokens(tokenizer, items: Sequence[FO1Record], answers: dict[str, str]) -> dict[str, float]:
+    """Mean answer length in tokens per task (the model's own tokenizer; both formats measured alike)."""
+    lengths: dict[str, list[int]] = {}
+    for item in items:
+        lengths.setdefault(item.task, []).append(len(tokenizer(answers[item.id])["input_ids"]))
+    return {task: float(np.mean(values)) for task, values in sorted(lengths.items())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+class SaveAtSteps:
+    """A `TrainerCallback` (made by `make`) that saves the model at chosen steps, for the curves."""
+
+    @staticmethod
+    def make(steps: Sequence[int], folder_of: Callable[[int], Path]):
+        from transformers import TrainerCallback
+
+        wanted = set(steps)
+
+        class _Save(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+                if state.global_step not in wanted:
+                    return
+                target = folder_of(state.global_step)
+                if (target / "config.json").exists():
+                    return
+                partial = target.with_name(target.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                model.save_pretrained(partial)
+                processing_class.save_pretrained(partial)
+                partial.rename(target)
+
+        return _Save()
+
+
+def train_stage(config: dict[str, Any], callbacks: Sequence[Any] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains one stage unless its record says it is done; returns steps, wall seconds and losses."""
+    from vlmfo1.training.trainer import train
+
+    out = Path(config["training"]["output_dir"])
+    record_file = out / TRAIN_RECORD
+    if record_file.exists():
+        return json.loads(record_file.read_text())
+    resumed = out.is_dir() and any(out.glob("checkpoint-*"))
+    log(f"training {out} ({config['training']['max_steps']} steps{', resuming' if resumed else ''})")
+    start = time.perf_counter()
+    result = train(config, resume="auto", callbacks=list(callbacks))
+    record = {"steps": result.global_step, "seconds": round(time.perf_counter() - start, 1),
+              "resumed_from_checkpoint": resumed, "losses": result.losses,
+              "learning_rate": config["training"]["learning_rate"],
+              "batch_size": config["training"]["per_device_train_batch_size"], "stage": config["stage"]}
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    for checkpoint in out.glob("checkpoint-*"):  # only for resuming this stage; the model is saved
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return record
+
+
+def derive_from_base(base_dir: Path, out_dir: Path, config_changes: dict[str, Any], seed: int) -> Path:
+    """A copy of the base with `config_changes` (which region branches, SimpleFP) and a new region
+    encoder drawn from `seed`: every ViT, LLM and DaViT weight is the base's."""
+    from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
+    from vlmfo1.processing.processing_fo1 import FO1Processor
+
+    if (out_dir / "config.json").exists():
+        return out_dir
+    base = FO1ForConditionalGeneration.from_pretrained(str(base_dir))
+    config = copy.deepcopy(base.config)
+    for key, value in config_changes.items():
+        if not hasattr(config, key):
+            raise ValueError(f"FO1Config has no field {key!r}")
+        setattr(config, key, value)
+    config.validate_hfre()
+    torch.manual_seed(seed)
+    model = FO1ForConditionalGeneration(config)
+    wanted = model.state_dict()
+    kept = {k: v for k, v in base.state_dict().items() if k in wanted and not k.startswith("region_encoder.")}
+    missing, _ = model.load_state_dict(kept, strict=False)
+    unexpected_missing = [k for k in missing if not k.startswith("region_encoder.")]
+    if unexpected_missing:
+        raise RuntimeError(f"weights of the base missing in the derived model: {unexpected_missing[:5]}")
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    FO1Processor.from_pretrained(base_dir).save_pretrained(partial)
+    partial.rename(out_dir)
+    return out_dir
+
+
+def snapshot_steps(steps: int, points: int) -> list[int]:
+    """Intermediate evaluation steps of one phase (its end is evaluated from the stage folder)."""
+    return sorted({int(round(steps * k / points)) for k in range(1, points)} - {0, steps})
+
+
+# ---------------------------------------------------------------------------------------------
+# One seed
+# ---------------------------------------------------------------------------------------------
+
+
+def run_seed(budget_: ReproBudget, seed: int, out: Path, heldout: HeldOut, log: Callable[[str], None]) -> dict[str, Any]:
+    from vlmfo1.training.recipes import stage_config
+
+    recipe = dataclasses.replace(budget_.recipe, seed=seed)
+    folder = out / f"seed{seed}"
+    data_dir = folder / "data"
+    write_training_data(recipe, data_dir, log)
+    write_tokenizer(recipe, folder / "tokenizer")
+    base_dir = folder / "base"
+    base_train = train_stage(stage_config(recipe, 0, data_dir, base_dir, None), log=log)
+    eval_items = heldout.items(EVAL_TASKS)
+    curve_items = heldout.items(CURVE_TASKS, budget_.curve_scenes)
+    base_scores = evaluate_model("fo1", base_dir, heldout, heldout.items(BASE_TASKS), folder / "base_eval", budget_, log)
+    result: dict[str, Any] = {"seed": seed, "base": {"train": _train_summary(base_train), "scores": base_scores}, "arms": {}}
+
+    for arm in ARMS:
+        arm_dir = folder / arm.name
+        phases = train_arm(arm, recipe, budget_, data_dir, base_dir, folder, seed, log)
+        final_dir = phases[-1]["dir"]
+        log(f"seed {seed}, {arm.name}: evaluating")
+        scores = evaluate_model(arm.kind, final_dir, heldout, eval_items, arm_dir / "eval", budget_, log)
+        entry = {"scores": scores, "phases": [{k: v for k, v in p.items() if k != "dir"} for p in phases],
+                 "steps": sum(p["steps"] for p in phases), "train_seconds": sum(p["seconds"] for p in phases)}
+        if arm.curve:
+            entry["curve"] = arm_curve(arm, phases, heldout, curve_items, arm_dir, budget_, log)
+        result["arms"][arm.name] = entry
+        (arm_dir / "result.json").write_text(json.dumps(entry, indent=2) + "\n")
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def train_arm(arm: Arm, recipe: DemoRecipe, budget_: ReproBudget, data_dir: Path, base_dir: Path, folder: Path,
+              seed: int, log) -> list[dict[str, Any]]:
+    """Trains the arm's two phases (or takes another arm's phase 1); returns per phase its folder,
+    steps, wall seconds and the cumulative step at its start."""
+    from vlmfo1.training.recipes import stage_config
+    from vlmfo1.training.stages import STAGES
+
+    arm_dir = folder / arm.name
+    phases = []
+    offset = 0
+    previous = None
+    for number in (1, 2):
+        stage_dir = arm_dir / f"stage{number}"
+        if number == 1 and arm.stage1_from is not None:
+            shared = folder / arm.stage1_from / "stage1"
+            record = json.loads((shared / TRAIN_RECORD).read_text())
+            phases.append({**_train_summary(record), "dir": shared, "start_step": 0, "shared_with": arm.stage1_from})
+            offset, previous = record["steps"], shared
+            continue
+        if previous is None:
+            init = base_dir if arm.kind == "coordinates" else derive_from_base(
+                base_dir, arm_dir / "init", arm.config_changes, seed)
+        else:
+            init = previous
+        config = stage_config(recipe, number, data_dir, stage_dir, init)
+        if arm.kind == "coordinates":
+            config["stage"] = {"name": f"coordinates{number}", "train": list(COORDINATE_GROUPS)}
+            config["data"]["train"] = [{"records": str(data_dir / f"stage{number}.coords.jsonl")}]
+            config["training"]["learning_rate"] = budget_.twin_rates()[number - 1]
+        elif number == 2 and arm.stage2_extra_groups:
+            spec = copy.deepcopy(STAGES["2"].to_dict())
+            spec["name"] = f"stage2+{'+'.join(arm.stage2_extra_groups)}"
+            spec["train"] = list(spec["train"]) + [g for g in arm.stage2_extra_groups if g not in spec["train"]]
+            config["stage"] = spec
+        callbacks = []
+        if arm.curve:
+            steps = config["training"]["max_steps"]
+            start = offset
+            callbacks.append(SaveAtSteps.make(snapshot_steps(steps, budget_.curve_points),
+                                              lambda step, start=start: arm_dir / "curve" / f"step{start + step:06d}" / "model"))
+        record = train_stage(config, callbacks, log)
+        phases.append({**_train_summary(record), "dir": stage_dir, "start_step": offset})
+        offset += record["steps"]
+        previous = stage_dir
+    return phases
+
+
+def arm_curve(arm: Arm, phases, heldout: HeldOut, items, arm_dir: Path, budget_: ReproBudget, log) -> list[dict[str, Any]]:
+    """Detection AP at each snapshot and each phase end (cumulative steps)."""
+    points: list[tuple[int, Path]] = []
+    for phase in phases:
+        for snapshot in sorted((arm_dir / "curve").glob("step*/model")):
+            step = int(snapshot.parent.name.removeprefix("step"))
+            if phase["start_step"] < step < phase["start_step"] + phase["steps"]:
+                points.append((step, snapshot))
+        points.append((phase["start_step"] + phase["steps"], phase["dir"]))
+    curve = []
+    for step, model_dir in points:
+        if model_dir == phases[-1]["dir"]:  # the final model: its held-out answers are already there
+            answers = json.loads((arm_dir / "eval" / PREDICTIONS_FILE).read_text())
+            predictions = {k: Prediction.from_dict(v) for k, v in answers.items()}
+            scorings = ("token_probability", "constant") if arm.kind == "coordinates" else ("proposal",)
+            scores = score_items(items, predictions, heldout.coco, scorings)
+        else:
+            scores = evaluate_model(arm.kind, model_dir, heldout, items, arm_dir / "curve" / f"step{step:06d}" / "eval", budget_, log)
+        curve.append({"step": step, **{s: v["AP"] for s, v in scores["detection"].items()}})
+    return curve
+
+
+def _train_summary(record: dict[str, Any]) -> dict[str, Any]:
+    losses = record.get("losses") or []
+    return {"steps": record["steps"], "seconds": record["seconds"], "learning_rate": record.get("learning_rate"),
+            "batch_size": record.get("batch_size"), "first_loss": losses[0][1] if losses else None,
+            "last_loss": losses[-1][1] if losses else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def headline(scores: dict[str, Any], scoring: str) -> dict[str, float | None]:
+    """The numbers of the tables (fractions) from one `score_items` report."""
+    detection = scores.get("detection", {}).get(scoring, {})
+    row = {
+        "map": detection.get("AP"),
+        "ap50": detection.get("AP50"),
+        "rec_acc50": scores.get("rec", {}).get("accuracy"),
+        "counting": scores.get("counting", {}).get("accuracy"),
+        "rejection": scores.get("rejection", {}).get("accuracy"),
+        "caption_ss": scores.get("caption", {}).get("semantic_similarity"),
+        "image_qa": scores.get("image_qa", {}).get("accuracy"),
+    }
+    values = [row[k] for k in PERCEPTION_METRICS]
+    row["average"] = float(np.mean(values)) if all(v is not None for v in values) else None
+    return row
+
+
+def mean_spread(values: Sequence[float | None]) -> dict[str, Any]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(np.mean(present)), "std": float(np.std(present, ddof=1)) if len(present) > 1 else None,
+            "min": float(min(present)), "max": float(max(present)), "n": len(present)}
+
+
+def _cell(stat: dict[str, Any], percent: bool = True, digits: int = 1) -> str:
+    if stat["mean"] is None:
+        return "-"
+    scale = 100.0 if percent else 1.0
+    text = f"{stat['mean'] * scale:.{digits}f}"
+    if stat["std"] is not None:
+        text += f" ± {stat['std'] * scale:.{digits}f}"
+    return text
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+ROW_METRICS = {  # (column title, key)
+    "table1": [("mAP", "map"), ("AP50", "ap50"), ("REC Acc@0.5", "rec_acc50"), ("counting", "counting"),
+               ("rejection", "rejection"), ("caption SS", "caption_ss"), ("image QA", "image_qa")],
+    "ablation": [("mAP", "map"), ("REC Acc@0.5", "rec_acc50"), ("counting", "counting"), ("rejection", "rejection"),
+                 ("caption SS", "caption_ss"), ("average", "average")],
+}
+
+
+def reference_answer_tokens(heldout: HeldOut, tokenizer_dir: Path) -> dict[str, float]:
+    """Mean tokens of the reference "detect everything" answers in each format (one seed's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    items = heldout.items(("detect_everything",))
+    return {"fo1": float(np.mean([len(tokenizer(i.answer)["input_ids"]) for i in items])),
+            "coordinates": float(np.mean([len(tokenizer(heldout.twins[i.id].answer)["input_ids"]) for i in items]))}
+
+
+def build_tables(results: list[dict[str, Any]], reference: dict[str, Any],
+                 reference_tokens: dict[str, float] | None = None) -> dict[str, Any]:
+    """Aggregates the seeds' results into the paper-shaped tables (numbers and markdown)."""
+    def stats_of(arm: str, scoring: str) -> dict[str, dict[str, Any]]:
+        rows = [headline(r["arms"][arm]["scores"], scoring) for r in results]
+        return {key: mean_spread([row[key] for row in rows]) for key in rows[0]}
+
+    def wall(arm: str) -> dict[str, Any]:
+        return mean_spread([r["arms"][arm]["train_seconds"] for r in results])
+
+    def steps(arm: str) -> int:
+        return results[0]["arms"][arm]["steps"]
+
+    def answer_tokens(arm: str) -> dict[str, Any]:
+        return mean_spread([r["arms"][arm]["scores"]["answers"]["mean_answer_tokens"].get("detect_everything")
+                            for r in results])
+
+    def eval_wall(arm: str) -> dict[str, Any]:
+        return mean_spread([r["arms"][arm]["scores"]["eval_seconds"] for r in results])
+
+    tables: dict[str, Any] = {"seeds": [r["seed"] for r in results]}
+    # Table 1: (a) vs (b)
+    t1_rows = [("(a) coordinate twin, box score = token probability", "coordinates", "token_probability"),
+               ("(a) coordinate twin, box score = 1.0", "coordinates", "constant"),
+               ("(b) FO1, box = proposal, score = proposal score", "fo1", "proposal")]
+    table1 = []
+    for title, arm, scoring in t1_rows:
+        table1.append({"row": title, "arm": arm, "scoring": scoring, **stats_of(arm, scoring),
+                       "steps": steps(arm), "train_seconds": wall(arm), "answer_tokens": answer_tokens(arm),
+                       "eval_seconds": eval_wall(arm)})
+    ceilings = [("reference answers, JSON boxes (ceiling of (a))", "coordinates", "constant"),
+                ("reference answers, region indexes (ceiling of (b): proposal jitter)", "fo1", "proposal")]
+    reference_tokens = reference_tokens or {}
+    columns = ROW_METRICS["table1"]
+    md_rows = [[row["row"]] + [_cell(row[key]) for _, key in columns]
+               + [str(row["steps"]), _cell(row["train_seconds"], percent=False, digits=0),
+                  _cell(row["answer_tokens"], percent=False, digits=0), _cell(row["eval_seconds"], percent=False, digits=0)]
+               for row in table1]
+    md_rows += [[title] + [_cell(mean_spread([headline(reference[kind], scoring)[key]])) for _, key in columns]
+                + ["-", "-", _cell(mean_spread([reference_tokens.get(kind)]), percent=False, digits=0), "-"]
+                for title, kind, scoring in ceilings]
+    header = ["model"] + [c for c, _ in columns] + ["train steps", "train wall s", "tokens / detect-all answer", "eval wall s"]
+    tables["table1"] = {"rows": table1, "ceilings": {"coordinates": headline(reference["coordinates"], "constant"),
+                                                     "fo1": headline(reference["fo1"], "proposal")},
+                        "reference_answer_tokens": reference_tokens,
+                        "markdown": _markdown(header, md_rows)}
+
+    # Tables 8 and 9: ablations
+    for name, arms in (("table8", ("fo1", "fo1_vit_unfrozen", "aux_only", "primary_simple_fp")),
+                       ("table9", ("primary_simple_fp", "primary_no_simple_fp"))):
+        rows = [{"row": ARMS_BY_NAME[arm].title, "arm": arm, **stats_of(arm, "proposal"),
+                 "steps": steps(arm), "train_seconds": wall(arm)} for arm in arms]
+        columns = ROW_METRICS["ablation"]
+        md = _markdown(["model"] + [c for c, _ in columns] + ["train wall s"],
+                       [[row["row"]] + [_cell(row[key]) for _, key in columns] + [_cell(row["train_seconds"], percent=False, digits=0)]
+                        for row in rows])
+        tables[name] = {"rows": rows, "markdown": md}
+
+    # Table 7: image-level questions before (base) and after training
+    kinds = sorted(results[0]["base"]["scores"]["image_qa"]["per_type"])
+
+    def qa(scores_list: list[dict[str, Any]]) -> dict[str, Any]:
+        overall = mean_spread([s["image_qa"]["accuracy"] for s in scores_list])
+        per_type = {k: mean_spread([s["image_qa"]["per_type"].get(k, {}).get("accuracy") for s in scores_list]) for k in kinds}
+        return {"overall": overall, "per_type": per_type}
+
+    base_scores = [r["base"]["scores"] for r in results]
+    table7 = [{"row": "base VLM (stage 0, frozen copy)", "arm": "base", **qa(base_scores), "delta": None}]
+    for arm in ARMS:
+        arm_scores = [r["arms"][arm.name]["scores"] for r in results]
+        deltas = [a["image_qa"]["accuracy"] - b["image_qa"]["accuracy"] for a, b in zip(arm_scores, base_scores)]
+        table7.append({"row": arm.title, "arm": arm.name, **qa(arm_scores), "delta": mean_spread(deltas)})
+    md_rows = [[row["row"], _cell(row["overall"]), "-" if row["delta"] is None else _cell(row["delta"])]
+               + [_cell(row["per_type"][k]) for k in kinds] for row in table7]
+    tables["table7"] = {"rows": table7, "question_types": kinds,
+                        "markdown": _markdown(["model", "image QA", "Δ vs base"] + kinds, md_rows)}
+    return tables
+
+
+def curve_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for result in results:
+        for arm in ARMS:
+            for point in result["arms"][arm.name].get("curve", []):
+                for scoring, value in point.items():
+                    if scoring != "step":
+                        rows.append({"arm": arm.name, "scoring": scoring, "seed": result["seed"], "step": point["step"], "AP": value})
+    return rows
+
+
+def write_curve(rows: list[dict[str, Any]], out: Path, phase1_steps: int | None = None,
+                fo1_ceiling: float | None = None) -> str | None:
+    """curve.csv, and curve.png when matplotlib is installed; returns the PNG path or None."""
+    with open(out / "curve.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["arm", "scoring", "seed", "step", "AP"])
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for (arm, scoring), label in {("coordinates", "token_probability"): "(a) coordinate twin, token-probability score",
+                                  ("coordinates", "constant"): "(a) coordinate twin, score 1.0",
+                                  ("fo1", "proposal"): "(b) FO1"}.items():
+        series = [r for r in rows if r["arm"] == arm and r["scoring"] == scoring]
+        steps = sorted({r["step"] for r in series})
+        if not steps:
+            continue
+        values = [[r["AP"] * 100 for r in series if r["step"] == s] for s in steps]
+        axis.plot(steps, [np.mean(v) for v in values], marker="o", label=label)
+        axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+    if phase1_steps:
+        axis.axvline(phase1_steps, color="grey", linestyle=":", linewidth=1, label="end of phase 1 (FO1 stage 1)")
+    if fo1_ceiling is not None:
+        axis.axhline(fo1_ceiling * 100, color="grey", linestyle="--", linewidth=1, label="FO1 ceiling (reference answers)")
+    axis.set_ylim(bottom=0)
+    axis.set_xlabel("training steps (phase 1 + phase 2)")
+    axis.set_ylabel("held-out detection mAP (%)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = out / "curve.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return str(path)
+
+
+def render_report(budget_: ReproBudget, tables: dict[str, Any], png: str | None, wall_seconds: float, machine: dict[str, Any]) -> str:
+    seeds = ", ".join(str(s) for s in tables["seeds"])
+    spread = "mean ± sample std over seeds" if len(tables["seeds"]) > 1 else "one seed, no spread"
+    lines = [
+        f"# Reproduction on ShapeWorld: budget `{budget_.name}`, seeds {seeds}",
+        "",
+        f"Scores in % on {budget_.heldout_scenes} held-out `heldout`-preset scenes (seed {budget_.heldout_seed}); {spread}.",
+        f"Wall time of this invocation {wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, "
+        f"{machine['torch_threads']} torch threads).",
+        "",
+        "## Table 1 style: (a) coordinate generation vs (b) region retrieval, equal training budget",
+        "",
+        tables["table1"]["markdown"],
+        "",
+        "## Table 8 style: HFRE ablations (FO1 stage 1 + 2 from the same base)",
+        "",
+        tables["table8"]["markdown"],
+        "",
+        "## Table 9 style: SimpleFP on the primary branch (primary region feature only)",
+        "",
+        tables["table9"]["markdown"],
+        "",
+        "## Table 7 style: image-level questions before and after training (forgetting)",
+        "",
+        tables["table7"]["markdown"],
+        "",
+        "## mAP vs. training steps",
+        "",
+        f"`curve.csv`{' and `curve.png`' if png else ' (matplotlib is not installed: no plot, the data is in the CSV)'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_heldout(heldout: HeldOut, reference: dict[str, Any]) -> dict[str, Any]:
+    """The held-out split and the scores of its reference answers (no model): printed and returned."""
+    items = heldout.items(EVAL_TASKS)
+    objects = [len(i.meta["gt_boxes"]) for i in items if i.task == "detect_everything"]
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.task] = counts.get(item.task, 0) + 1
+    single_rec = sum(i.task == "rec" and len(i.meta["gt_boxes"]) == 1 for i in items)
+    description = {
+        "records": counts, "single_target_rec": single_rec,
+        "objects_per_scene": {"mean": float(np.mean(objects)), "min": min(objects), "max": max(objects)},
+        "proposals_per_scene": float(np.mean([len(i.bbox_list) for i in items if i.task == "detect_everything"])),
+        "reference": {"fo1": headline(reference["fo1"], "proposal"),
+                      "coordinates": headline(reference["coordinates"], "constant")},
+    }
+    print(json.dumps(description, indent=2), flush=True)
+    return description
+
+
+def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, threads: int | None = None,
+        log: Callable[[str], None] | None = None, reference_only: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) every seed, then writes results.json, report.md and the curve; returns the results.
+    With `reference_only`, writes the held-out split and returns `describe_heldout` (no training)."""
+    from transformers.utils import logging as transformers_logging
+
+    start = time.perf_counter()
+    log = log or _log
+    transformers_logging.disable_progress_bar()  # one bar per model load and save: noise in the log
+    if threads:
+        torch.set_num_threads(threads)
+        budget_ = dataclasses.replace(budget_, recipe=dataclasses.replace(budget_.recipe, threads=threads))
+    seeds = tuple(seeds) if seeds is not None else budget_.seeds
+    out.mkdir(parents=True, exist_ok=True)
+    identity_file = out / "budget.json"
+    identity = budget_.identity()
+    if identity_file.exists():
+        previous = json.loads(identity_file.read_text())
+        if previous != identity:
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            raise SystemExit(f"{out} holds a run of another budget (differs in {changed}); use another --out")
+    else:
+        identity_file.write_text(json.dumps(identity, indent=2) + "\n")
+
+    write_heldout(budget_, out / "heldout", log)
+    heldout = HeldOut(out / "heldout")
+    reference = reference_scores(heldout, heldout.items(EVAL_TASKS))
+    if reference_only:
+        return describe_heldout(heldout, reference)
+    results = []
+    for seed in seeds:
+        log(f"seed {seed}")
+        results.append(run_seed(budget_, seed, out, heldout, log))
+    reference_tokens = reference_answer_tokens(heldout, out / f"seed{seeds[0]}" / "tokenizer")
+    tables = build_tables(results, reference, reference_tokens)
+    rows = curve_rows(results)
+    png = write_curve(rows, out, phase1_steps=results[0]["arms"]["fo1"]["phases"][0]["steps"],
+                      fo1_ceiling=tables["table1"]["ceilings"]["fo1"]["map"])
+    machine = machine_info()
+    wall = time.perf_counter() - start
+    report = render_report(budget_, tables, png, wall, machine)
+    (out / "report.md").write_text(report)
+    summary = {"budget": budget_.to_dict(), "seeds": list(seeds), "machine": machine, "wall_seconds": round(wall, 1),
+               "reference": reference, "per_seed": results, "tables": tables, "curve": rows}
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(report, flush=True)
+    return summary
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers separated by commas, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
+    return seeds
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=("tiny", "small", "full"), default="small")
+    parser.add_argument("--seeds", type=_seeds, default=None, help="comma-separated, e.g. 0,1,2 (default: the budget's)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="only write the held-out split and print what its reference answers score")
+    args = parser.parse_args(argv)
+    return run(budget(args.budget), args.out, seeds=args.seeds, threads=args.threads, reference_only=args.reference_only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The reproduction benchmark (benchmarks/reproduce.py) and the coordinate-answer parser/scorer it uses."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlmfo1.evaluation.coordinates import (
+    box_score,
+    box_token_probability,
+    parse_coordinate_answer,
+    token_char_spans,
+)
+from vlmfo1.evaluation.metrics.counting import parse_count
+
+REPO = Path(__file__).resolve().parents[1]
+
+TWO_BOXES = (
+    "```json\n[\n"
+    '\t{"bbox_2d": [75, 173, 108, 207], "label": "circle"},\n'
+    '\t{"bbox_2d": [58, 21, 103, 66], "label": "red square"}\n'
+    "]\n```"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing Qwen2.5-VL JSON box answers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parses_boxes_and_labels_in_answer_order():
+    parsed = parse_coordinate_answer(TWO_BOXES)
+    assert [box.box for box in parsed.boxes] == [(75, 173, 108, 207), (58, 21, 103, 66)]
+    assert [box.label for box in parsed.boxes] == ["circle", "red square"]
+    assert parsed.remainder == ""
+    assert parsed.warnings == []
+    assert not parsed.is_none
+
+
+def test_spans_cover_the_numbers_and_the_label():
+    parsed = parse_coordinate_answer(TWO_BOXES)
+    first, second = parsed.boxes
+    assert [TWO_BOXES[start:end] for start, end in first.spans] == ["75, 173, 108, 207", "circle"]
+    assert [TWO_BOXES[start:end] for start, end in second.spans] == ["58, 21, 103, 66", "red square"]
+
+
+def test_counting_answer_keeps_the_number_outside_the_json():
+    answer = '```json\n[\n\t{"bbox_2d": [104, 130, 125, 149], "label": "hearts"}\n]\n```\n1'
+    parsed = parse_coordinate_answer(answer)
+    assert parsed.remainder == "1"
+    assert len(parsed.boxes) == 1
+    # The count protocol reads the first integer: on the raw answer, the 2 of "bbox_2d".
+    assert parse_count(answer) == 2 and parse_count(parsed.remainder) == 1
+
+
+def test_grounded_caption_text_before_the_json_is_the_remainder():
+    answer = "The image shows two green squares.\n" + TWO_BOXES
+    parsed = parse_coordinate_answer(answer)
+    assert parsed.remainder == "The image shows two green squares."
+    assert len(parsed.boxes) == 2
+
+
+@pytest.mark.parametrize("answer", ["None", "None.", " None\n<|im_end|>"])
+def test_none_answer_names_no_box(answer):
+    parsed = parse_coordinate_answer(answer)
+    assert parsed.is_none and parsed.boxes == []
+
+
+def test_answer_cut_off_inside_an_entry_keeps_the_complete_entries_and_warns():
+    answer = TWO_BOXES.replace("\n]\n```", ',\n\t{"bbox_2d": [1, 2, 3')
+    parsed = parse_coordinate_answer(answer)
+    assert [box.label for box in parsed.boxes] == ["circle", "red square"]
+    assert any("cut off" in warning for warning in parsed.warnings)
+    assert parsed.remainder == ""
+
+
+def test_unfenced_json_with_label_first():
+    parsed = parse_coordinate_answer('[{"label": "star", "bbox_2d": [1, 2, 30, 40.5]}] 2')
+    assert [(box.box, box.label) for box in parsed.boxes] == [((1, 2, 30, 40.5), "star")]
+    assert parsed.remainder == "2"
+
+
+def test_swapped_corners_are_ordered_and_outside_boxes_clipped_with_warnings():
+    answer = '[{"bbox_2d": [50, 40, 10, 5], "label": "a"}, {"bbox_2d": [-5, 0, 300, 20], "label": "b"}]'
+    parsed = parse_coordinate_answer(answer, image_size=(256, 128))
+    assert [box.box for box in parsed.boxes] == [(10, 5, 50, 40), (0, 0, 256, 20)]
+    assert any("swapped" in warning for warning in parsed.warnings)
+    assert any("clipped" in warning for warning in parsed.warnings)
+
+
+def test_unusable_entries_are_dropped_with_a_warning_each():
+    answer = (
+        '[{"bbox_2d": [1, 2, 3], "label": "three numbers"},\n'
+        '{"bbox_2d": [1, "a", 3, 4], "label": "text"},\n'
+        '{"bbox_2d": [5, 5, 5, 9], "label": "no area"},\n'
+        '{"bbox_2d": [1, 2, 3, 4]}]'
+    )
+    parsed = parse_coordinate_answer(answer)
+    assert [(box.box, box.label) for box in parsed.boxes] == [((1, 2, 3, 4), None)]
+    assert len(parsed.warnings) == 4  # three drops and one missing label
+
+
+def test_escaped_label_is_decoded():
+    parsed = parse_coordinate_answer('[{"bbox_2d": [1, 2, 3, 4], "label": "caf\\u00e9 \\"sign\\""}]')
+    assert parsed.boxes[0].label == 'café "sign"'
+
+
+# ---------------------------------------------------------------------------------------------
+# Box scores from token probabilities
+# ---------------------------------------------------------------------------------------------
+
+
+def _overlaps(span, start, end):
+    return span[0] < end and span[1] > start
+
+
+def test_token_spans_partition_the_decoded_text(small_shapeworld_tokenizer):
+    ids = small_shapeworld_tokenizer(TWO_BOXES)["input_ids"]
+    text, spans = token_char_spans(small_shapeworld_tokenizer, ids)
+    assert text == TWO_BOXES
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_token_spans_of_a_character_split_across_byte_tokens(small_shapeworld_tokenizer):
+    ids = small_shapeworld_tokenizer("café")["input_ids"]
+    text, spans = token_char_spans(small_shapeworld_tokenizer, ids)
+    assert text == "café"
+    assert spans[-1][1] == len(text) and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    # "é" (index 3) belongs to exactly one token (the one that completes it).
+    assert sum(start <= 3 < end for start, end in spans) == 1
+
+
+def test_each_box_is_scored_by_the_tokens_that_write_it(small_shapeworld_tokenizer):
+    ids = small_shapeworld_tokenizer(TWO_BOXES)["input_ids"]
+    text, spans = token_char_spans(small_shapeworld_tokenizer, ids)
+    # Probabilities set by position in the text: 0.25 on the second box's numbers and label,
+    # 0.5 on the first box's numbers, 1.0 on its label, 0.01 on everything else (JSON syntax).
+    second = [(text.find("58, 21, 103, 66"), text.find("58, 21, 103, 66") + 15),
+              (text.find("red square"), text.find("red square") + 10)]
+    first_numbers = (text.find("75, 173"), text.find("108, 207") + 8)
+    first_label = (text.find("circle"), text.find("circle") + 6)
+    probabilities = []
+    for span in spans:
+        if any(_overlaps(span, *part) for part in second):
+            probabilities.append(0.25)
+        elif _overlaps(span, *first_numbers):
+            probabilities.append(0.5)
+        elif _overlaps(span, *first_label):
+            probabilities.append(1.0)
+        else:
+            probabilities.append(0.01)
+    first_box, second_box = parse_coordinate_answer(text).boxes
+    assert box_token_probability(second_box, spans, probabilities) == pytest.approx(0.25)
+    number_tokens = sum(_overlaps(span, *first_numbers) for span in spans)
+    label_tokens = sum(_overlaps(span, *first_label) for span in spans)
+    expected = math.exp(number_tokens * math.log(0.5) / (number_tokens + label_tokens))
+    assert box_token_probability(first_box, spans, probabilities) == pytest.approx(expected)
+    assert box_score("constant", first_box, spans, probabilities) == 1.0
+
+
+def test_box_scoring_errors():
+    box = parse_coordinate_answer(TWO_BOXES).boxes[0]
+    with pytest.raises(ValueError, match="unknown box scoring"):
+        box_score("mean", box, [(0, len(TWO_BOXES))], [0.5])
+    with pytest.raises(ValueError, match="probabilities for"):
+        box_token_probability(box, [(0, 5)], [0.5, 0.5])
+    with pytest.raises(ValueError, match="no token covers"):
+        box_token_probability(box, [(0, 3)], [0.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark script
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce_benchmark", REPO / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_snapshot_steps(reproduce):
+    assert reproduce.snapshot_steps(2, 2) == [1]
+    assert reproduce.snapshot_steps(250, 4) == [62, 125, 188]
+    assert reproduce.snapshot_steps(1, 4) == []
+
+
+def test_budgets_share_the_recipe_plans(reproduce):
+    from vlmfo1.training.recipes import DemoRecipe
+
+    tuned = DemoRecipe()
+    full, small = reproduce.budget("full"), reproduce.budget("small")
+    assert full.recipe == tuned
+    for number in range(3):
+        plan, small_plan = getattr(tuned, f"stage{number}"), getattr(small.recipe, f"stage{number}")
+        assert (small_plan.tasks, small_plan.learning_rate, small_plan.batch_size) == (plan.tasks, plan.learning_rate, plan.batch_size)
+    assert full.twin_rates() == (tuned.stage2.learning_rate,) * 2
+    with pytest.raises(ValueError, match="unknown budget"):
+        reproduce.budget("huge")
+
+
+def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread):
+    out = tmp_path / "run"
+    budget = reproduce.budget("tiny")
+    summary = reproduce.main(["--budget", "tiny", "--out", str(out), "--threads", "1"])
+    arms = [arm.name for arm in reproduce.ARMS]
+
+    results = json.loads((out / "results.json").read_text())
+    tables = results["tables"]
+    assert [(row["arm"], row["scoring"]) for row in tables["table1"]["rows"]] == [
+        ("coordinates", "token_probability"), ("coordinates", "constant"), ("fo1", "proposal")]
+    assert [row["arm"] for row in tables["table8"]["rows"]] == ["fo1", "fo1_vit_unfrozen", "aux_only", "primary_simple_fp"]
+    assert [row["arm"] for row in tables["table9"]["rows"]] == ["primary_simple_fp", "primary_no_simple_fp"]
+    assert [row["arm"] for row in tables["table7"]["rows"]] == ["base"] + arms
+    for row in tables["table1"]["rows"] + tables["table8"]["rows"] + tables["table9"]["rows"]:
+        for metric in ("map", "rec_acc50", "counting", "rejection", "caption_ss"):
+            assert row[metric]["n"] == 1 and 0.0 <= row[metric]["mean"] <= 1.0, (row["arm"], metric)
+    for row in tables["table7"]["rows"]:
+        assert 0.0 <= row["overall"]["mean"] <= 1.0
+
+    # The reference answers through the same scoring: JSON boxes are the COCO boxes (all 100 %);
+    # region indexes name jittered proposals (IoU >= 0.7: AP50 100 %, AP below it).
+    coordinates, fo1 = tables["table1"]["ceilings"]["coordinates"], tables["table1"]["ceilings"]["fo1"]
+    assert all(coordinates[key] == pytest.approx(1.0) for key in ("map", "ap50", "rec_acc50", "counting", "rejection", "image_qa"))
+    assert fo1["ap50"] == pytest.approx(1.0) and fo1["map"] < 0.9
+    assert fo1["rec_acc50"] == pytest.approx(1.0) and fo1["counting"] == pytest.approx(1.0)
+
+    report = (out / "report.md").read_text()
+    for title in ("Table 1 style", "Table 8 style", "Table 9 style", "Table 7 style"):
+        assert title in report
+    for arm in reproduce.ARMS:
+        assert arm.title in report
+
+    # Equal budget: the same steps (and records) for the twin and FO1; the twin trains ViT + LLM.
+    seed = results["per_seed"][0]
+    expected_steps = budget.recipe.stage1.steps + budget.recipe.stage2.steps
+    assert {name: seed["arms"][name]["steps"] for name in arms} == dict.fromkeys(arms, expected_steps)
+    twin_stage = json.loads((out / "seed0" / "coordinates" / "stage1" / reproduce.TRAIN_RECORD).read_text())["stage"]
+    assert twin_stage["train"] == ["vision", "image_projector", "llm"]
+    fo1_ids = [r.meta["fo1_id"] for r in reproduce.read_records(out / "seed0" / "data" / "stage2.coords.jsonl")]
+    assert fo1_ids == [r.id for r in reproduce.read_records(out / "seed0" / "data" / "stage2.fo1.jsonl")]
+    unfrozen = json.loads((out / "seed0" / "fo1_vit_unfrozen" / "stage2" / reproduce.TRAIN_RECORD).read_text())["stage"]
+    assert "vision" in unfrozen["train"]
+    assert seed["arms"]["fo1_vit_unfrozen"]["phases"][0]["shared_with"] == "fo1"
+    for name, flags in (("aux_only", {"use_primary_features": False}),
+                        ("primary_no_simple_fp", {"use_aux_features": False, "use_simple_fp": False})):
+        config = json.loads((out / "seed0" / name / "init" / "config.json").read_text())
+        assert {key: config[key] for key in flags} == flags
+
+    # The derived models keep the base's ViT and LLM weights.
+    from safetensors.torch import load_file
+
+    base = load_file(str(out / "seed0" / "base" / "model.safetensors"))
+    derived = load_file(str(out / "seed0" / "aux_only" / "init" / "model.safetensors"))
+    shared = [key for key in derived if not key.startswith("region_encoder.")]
+    assert shared and all((derived[key] == base[key]).all() for key in shared)
+
+    # mAP vs steps for (a) and (b): a snapshot mid-phase and each phase's end.
+    curve = (out / "curve.csv").read_text().splitlines()[1:]
+    steps = {(line.split(",")[0], line.split(",")[1]): set() for line in curve}
+    for line in curve:
+        arm, scoring, _, step, _ = line.split(",")
+        steps[(arm, scoring)].add(int(step))
+    assert steps == {key: {1, 2, 3, 4} for key in
+                     (("coordinates", "token_probability"), ("coordinates", "constant"), ("fo1", "proposal"))}
+
+    # A rerun trains and evaluates nothing again and reports the same numbers.
+    kept = sorted(out.rglob(reproduce.TRAIN_RECORD)) + sorted(out.rglob(reproduce.SCORES_FILE))
+    stamps = {path: path.stat().st_mtime_ns for path in kept}
+    again = reproduce.main(["--budget", "tiny", "--out", str(out), "--threads", "1"])
+    assert {path: path.stat().st_mtime_ns for path in kept} == stamps
+    assert again["tables"]["table1"]["rows"] == summary["tables"]["table1"]["rows"]
+
+    # Another budget in the same folder is refused before anything runs.
+    with pytest.raises(SystemExit, match="another budget"):
+        reproduce.run(reproduce.budget("small"), out)

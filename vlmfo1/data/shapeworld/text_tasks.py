@@ -1,0 +1,66 @@
+"""Text-only ShapeWorld records: list look-up, the language skill a pre-trained LLM brings to FO1.
+
+FO1 answers by finding, among listed region tokens, those that fit a label and naming their index
+tokens. A real base VLM has long been able to do the text form of this ("(A) red circle (B) blue
+star ... which are stars?" -> "(B)"): it is in-context retrieval, learned in language
+pre-training. A model trained from scratch (the bundled demo) has no such pre-training, so its
+recipe starts with these records, which teach exactly that skill in text and nothing about images
+or region tokens (no FO1 token appears in them)::
+
+    Items: (A) red circle (B) blue star (C) red star. Find red shapes, star, green heart.
+    -> red shapes: (A) (C); star: (B) (C); green heart: none
+
+Records are text-only (`image` null), so a training step on them costs no vision encoder.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vlmfo1.data.records import FO1Record
+from vlmfo1.data.shapeworld.language import plural
+from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES
+
+MARKERS = tuple(chr(ord("A") + k) for k in range(26))
+NONE_FOUND = "none"
+
+
+def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max_queries: int = 3,
+                  split: str = "lookup") -> FO1Record:
+    """One look-up question over a random item list (repeats made likely so labels fit several)."""
+    colours, shapes = list(COLOURS), list(SHAPES)
+    n = int(rng.integers(2, max_items + 1))
+    # A small palette per list makes shared colours and shapes (multi-item answers) common.
+    palette_c = rng.choice(colours, size=min(len(colours), int(rng.integers(2, 5))), replace=False)
+    palette_s = rng.choice(shapes, size=min(len(shapes), int(rng.integers(2, 5))), replace=False)
+    items = [(str(rng.choice(palette_c)), str(rng.choice(palette_s))) for _ in range(n)]
+
+    queries: list[tuple[str | None, str | None]] = []
+    for _ in range(int(rng.integers(1, max_queries + 1))):
+        for _ in range(10):  # distinct queries; absent ones come from the full vocabulary
+            colour = str(rng.choice(colours if rng.random() < 0.15 else palette_c))
+            shape = str(rng.choice(shapes if rng.random() < 0.15 else palette_s))
+            kind = rng.random()
+            query = (colour, shape) if kind < 0.5 else ((None, shape) if kind < 0.8 else (colour, None))
+            if query not in queries:
+                queries.append(query)
+                break
+
+    listed = " ".join(f"({MARKERS[k]}) {colour} {shape}" for k, (colour, shape) in enumerate(items))
+    labels, answers = [], []
+    for colour, shape in queries:
+        hits = [k for k, item in enumerate(items) if colour in (None, item[0]) and shape in (None, item[1])]
+        noun = shape or "shape"
+        label = " ".join(w for w in (colour, noun if len(hits) == 1 else plural(noun)) if w)
+        labels.append(label)
+        found = " ".join(f"({MARKERS[k]})" for k in hits) if hits else NONE_FOUND
+        answers.append(f"{label}: {found}")
+    prompt = f"Items: {listed}. Find {', '.join(labels)}."
+    return FO1Record.single_turn(
+        id=f"{split}-{index:06d}", image=None, prompt=prompt, answer="; ".join(answers), task="text_lookup",
+        meta={"items": [list(item) for item in items], "queries": [list(q) for q in queries]},
+    )
+
+
+def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3, split: str = "lookup") -> list[FO1Record]:
+    rng = np.random.default_rng([seed, 7919])
+    return [lookup_record(rng, k, max_items, max_queries, split) for k in range(n)]
