@@ -48,11 +48,11 @@ from typing import Any, Callable, Sequence
 # Runnable as a script from a checkout (python benchmarks/reproduce.py) without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from vlmfo1.data.records import FO1Record, read_records, write_records  # noqa: E402
-from vlmfo1.training.recipes import DemoRecipe, StagePlan  # noqa: E402
+from vlmfo1.data.records import FO1Record, read_records, write_records
+from vlmfo1.training.recipes import DemoRecipe, StagePlan
 
 HELDOUT_SPLIT = "heldout"
 # The held-out questions: every metric of the issue. Detection slots also make the rejection
@@ -66,6 +66,8 @@ TRAIN_RECORD = "reproduce_train.json"
 SCORES_FILE = "scores.json"
 PREDICTIONS_FILE = "answers.json"
 PERCEPTION_METRICS = ("map", "rec_acc50", "counting", "rejection", "caption_ss")
+# How each answer format's boxes are scored for COCO AP (`Prediction.detections`).
+SCORINGS = {"fo1": ("proposal",), "coordinates": ("token_probability", "constant")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def budget(name: str) -> ReproBudget:
             tuned, size="tiny", train_scenes=300, tokenizer_scenes=200,
             stage0=_steps(tuned.stage0, 150), stage1=_steps(tuned.stage1, 60), stage2=_steps(tuned.stage2, 90),
         )
-        return ReproBudget("small", recipe, seeds=(0,), heldout_scenes=30, curve_points=2, curve_scenes=15,
+        return ReproBudget("small", recipe, seeds=(0,), heldout_scenes=30, curve_points=2, curve_scenes=10,
                            max_new_tokens_cap=640)
     if name == "tiny":
         recipe = DemoRecipe.quick(
@@ -262,7 +264,7 @@ class HeldOut:
         """max_new_tokens for `items` in answer format `kind`: `margin` x the longest reference answer + 8."""
         answers = [(self.twins[r.id] if kind == "coordinates" else r).answer for r in items]
         longest = max(len(tokenizer(answer)["input_ids"]) for answer in answers) + 1  # + end of turn
-        limit = int(math.ceil(margin * longest)) + 8
+        limit = math.ceil(margin * longest) + 8
         return min(limit, cap) if cap else limit
 
 
@@ -391,12 +393,10 @@ def evaluate_model(kind: str, model_dir: Path, heldout: HeldOut, items: Sequence
     start = time.perf_counter()
     if kind == "coordinates":
         predictions, extra = _answer_coordinates(model_dir, heldout, items, out_dir, budget_)
-        scorings = ("token_probability", "constant")
     else:
         predictions, extra = _answer_fo1(model_dir, heldout, items, out_dir, budget_, log)
-        scorings = ("proposal",)
     (out_dir / PREDICTIONS_FILE).write_text(json.dumps({k: p.to_dict() for k, p in predictions.items()}) + "\n")
-    scores = score_items(items, predictions, heldout.coco, scorings)
+    scores = score_items(items, predictions, heldout.coco, SCORINGS[kind])
     scores["answers"] = extra
     scores["eval_seconds"] = round(time.perf_counter() - start, 1)
     cached.write_text(json.dumps(scores, indent=2) + "\n")
@@ -477,29 +477,26 @@ def _mean_tokens(tokenizer, items: Sequence[FO1Record], answers: dict[str, str])
 # ---------------------------------------------------------------------------------------------
 
 
-class SaveAtSteps:
-    """A `TrainerCallback` (made by `make`) that saves the model at chosen steps, for the curves."""
+def save_at_steps(steps: Sequence[int], folder_of: Callable[[int], Path]):
+    """A `TrainerCallback` that saves the model (and processor) at `steps` into `folder_of(step)`."""
+    from transformers import TrainerCallback
 
-    @staticmethod
-    def make(steps: Sequence[int], folder_of: Callable[[int], Path]):
-        from transformers import TrainerCallback
+    wanted = set(steps)
 
-        wanted = set(steps)
+    class SaveAtSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+            if state.global_step not in wanted:
+                return
+            target = folder_of(state.global_step)
+            if (target / "config.json").exists():
+                return
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            model.save_pretrained(partial)
+            processing_class.save_pretrained(partial)
+            partial.rename(target)
 
-        class _Save(TrainerCallback):
-            def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-                if state.global_step not in wanted:
-                    return
-                target = folder_of(state.global_step)
-                if (target / "config.json").exists():
-                    return
-                partial = target.with_name(target.name + ".partial")
-                shutil.rmtree(partial, ignore_errors=True)
-                model.save_pretrained(partial)
-                processing_class.save_pretrained(partial)
-                partial.rename(target)
-
-        return _Save()
+    return SaveAtSteps()
 
 
 def train_stage(config: dict[str, Any], callbacks: Sequence[Any] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -557,7 +554,7 @@ def derive_from_base(base_dir: Path, out_dir: Path, config_changes: dict[str, An
 
 def snapshot_steps(steps: int, points: int) -> list[int]:
     """Intermediate evaluation steps of one phase (its end is evaluated from the stage folder)."""
-    return sorted({int(round(steps * k / points)) for k in range(1, points)} - {0, steps})
+    return sorted({round(steps * k / points) for k in range(1, points)} - {0, steps})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,8 +631,8 @@ def train_arm(arm: Arm, recipe: DemoRecipe, budget_: ReproBudget, data_dir: Path
         if arm.curve:
             steps = config["training"]["max_steps"]
             start = offset
-            callbacks.append(SaveAtSteps.make(snapshot_steps(steps, budget_.curve_points),
-                                              lambda step, start=start: arm_dir / "curve" / f"step{start + step:06d}" / "model"))
+            callbacks.append(save_at_steps(snapshot_steps(steps, budget_.curve_points),
+                                           lambda step, start=start: arm_dir / "curve" / f"step{start + step:06d}" / "model"))
         record = train_stage(config, callbacks, log)
         phases.append({**_train_summary(record), "dir": stage_dir, "start_step": offset})
         offset += record["steps"]
@@ -657,8 +654,7 @@ def arm_curve(arm: Arm, phases, heldout: HeldOut, items, arm_dir: Path, budget_:
         if model_dir == phases[-1]["dir"]:  # the final model: its held-out answers are already there
             answers = json.loads((arm_dir / "eval" / PREDICTIONS_FILE).read_text())
             predictions = {k: Prediction.from_dict(v) for k, v in answers.items()}
-            scorings = ("token_probability", "constant") if arm.kind == "coordinates" else ("proposal",)
-            scores = score_items(items, predictions, heldout.coco, scorings)
+            scores = score_items(items, predictions, heldout.coco, SCORINGS[arm.kind])
         else:
             scores = evaluate_model(arm.kind, model_dir, heldout, items, arm_dir / "curve" / f"step{step:06d}" / "eval", budget_, log)
         curve.append({"step": step, **{s: v["AP"] for s, v in scores["detection"].items()}})
@@ -873,8 +869,8 @@ def render_report(budget_: ReproBudget, tables: dict[str, Any], png: str | None,
         f"# Reproduction on ShapeWorld: budget `{budget_.name}`, seeds {seeds}",
         "",
         f"Scores in % on {budget_.heldout_scenes} held-out `heldout`-preset scenes (seed {budget_.heldout_seed}); {spread}.",
-        f"Wall time of this invocation {wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, "
-        f"{machine['torch_threads']} torch threads).",
+        (f"Wall time of this invocation {wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, "
+         f"{machine['torch_threads']} torch threads)."),
         "",
         "## Table 1 style: (a) coordinate generation vs (b) region retrieval, equal training budget",
         "",
@@ -956,13 +952,17 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
 
     write_heldout(budget_, out / "heldout", log)
     heldout = HeldOut(out / "heldout")
-    reference = reference_scores(heldout, heldout.items(EVAL_TASKS))
+    reference_file = out / "heldout" / "reference_scores.json"
+    if not reference_file.exists():
+        reference_file.write_text(json.dumps(reference_scores(heldout, heldout.items(EVAL_TASKS)), indent=2) + "\n")
+    reference = json.loads(reference_file.read_text())
     if reference_only:
         return describe_heldout(heldout, reference)
-    results = []
     for seed in seeds:
         log(f"seed {seed}")
-        results.append(run_seed(budget_, seed, out, heldout, log))
+        run_seed(budget_, seed, out, heldout, log)
+    # Every finished seed of the folder counts: seeds added by a later command join the tables.
+    results = sorted((json.loads(path.read_text()) for path in out.glob("seed*/result.json")), key=lambda r: r["seed"])
     reference_tokens = reference_answer_tokens(heldout, out / f"seed{seeds[0]}" / "tokenizer")
     tables = build_tables(results, reference, reference_tokens)
     rows = curve_rows(results)
@@ -972,7 +972,8 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
     wall = time.perf_counter() - start
     report = render_report(budget_, tables, png, wall, machine)
     (out / "report.md").write_text(report)
-    summary = {"budget": budget_.to_dict(), "seeds": list(seeds), "machine": machine, "wall_seconds": round(wall, 1),
+    summary = {"budget": budget_.to_dict(), "seeds": [r["seed"] for r in results], "seeds_run_now": list(seeds),
+               "machine": machine, "wall_seconds": round(wall, 1),
                "reference": reference, "per_seed": results, "tables": tables, "curve": rows}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(report, flush=True)

@@ -97,22 +97,78 @@ def run_variant(args) -> dict:
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    wall, cpu = timed(step, args.steps)
     tokens = int(batch["attention_mask"].sum())
-    median = statistics.median(times)
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {
-        "variant": args.variant, "step_seconds_median": median, "step_seconds": times, "tokens_per_step": tokens,
-        "tokens_per_second": tokens / median, "peak_memory_mib": peak / 2**20,
+    result = {
+        "variant": args.variant, "wall": wall, "cpu": cpu, "tokens_per_step": tokens, "peak_memory_mib": peak / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "regions_per_sample": batch["region_boxes"].shape[1] if "region_boxes" in batch else 0,
     }
+    if args.variant == "fo1" and args.breakdown:
+        with autocast:
+            result["components"] = component_times(model, batch, args.steps, device)
+    return result
+
+
+def timed(function, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process-CPU seconds of each of `repeats` calls."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        function()
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def component_times(model, batch, repeats: int, device) -> dict[str, dict[str, list[float]]]:
+    """Forward + backward of FO1's added parts alone, on the benchmark batch (stage-2 setting).
+
+    `davit`: the auxiliary encoder; `simple_fp`: SimpleFP on the last full-attention ViT maps;
+    `region_encoder`: the whole region encoder (SimpleFP, pooling of the DaViT and SimpleFP maps,
+    fusion, connector) on fixed DaViT maps, so `region_encoder - simple_fp` is pooling + fusion +
+    connector. Backward starts from a fixed random gradient of each part's output.
+    """
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    counts = (batch["input_ids"] == model.config.region_token_id).sum(-1).tolist()
+    boxes = torch.cat([b[:n] for b, n in zip(batch["region_boxes"], counts)])
+    image_index = torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
+    with torch.no_grad():
+        _, levels = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
+        stages = [s.detach().requires_grad_() for s in model.aux_stage_maps(batch["aux_pixel_values"])]
+    generator = torch.Generator().manual_seed(0)
+
+    def backward_from(outputs):
+        torch.autograd.backward(outputs, [torch.randn(o.shape, generator=generator).to(o) for o in outputs])
+        sync()
+
+    def davit():
+        backward_from(model.aux_stage_maps(batch["aux_pixel_values"]))
+
+    last_level = torch.stack([image_levels[-1] for image_levels in levels])
+
+    def simple_fp():
+        backward_from(model.region_encoder.simple_fp(last_level))
+
+    def region_encoder():
+        backward_from([model.region_encoder(boxes, levels, stages, model.config.aux_image_size, image_index)])
+
+    parts = {"davit": davit, "simple_fp": simple_fp, "region_encoder": region_encoder}
+    results = {}
+    for name, function in parts.items():
+        function()  # warm-up
+        wall, cpu = timed(function, repeats)
+        results[name] = {"wall": wall, "cpu": cpu}
+    model.zero_grad(set_to_none=True)
+    return results
 
 
 def load_average() -> str:
@@ -134,6 +190,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the DaViT, SimpleFP and the rest of the region encoder alone (fwd+bwd)")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -160,30 +218,54 @@ def main() -> None:
     for _ in range(args.repeats):
         for variant in variants:
             command = [sys.executable, __file__, "--variant", variant] + forwarded
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs[variant].append(json.loads(output.strip().splitlines()[-1]))
+            child = subprocess.run(command, capture_output=True, text=True)
+            if child.returncode != 0:
+                sys.exit(f"variant {variant} failed:\n{child.stderr}")
+            runs[variant].append(json.loads(child.stdout.strip().splitlines()[-1]))
     print(f"load average after:  {load_average()}")
+    report(args, runs)
 
-    first = runs[variants[-1]][0]
+
+def report(args, runs: dict[str, list[dict]]) -> None:
+    """Per variant: median step (wall and CPU), tokens/s, and the ratio to plain within each repeat."""
+    first = next(iter(runs.values()))[0]
+    regions = runs["fo1"][0]["regions_per_sample"] if "fo1" in runs else "?"
     print(f"size={args.size} batch={args.batch_size} device={args.device} bf16={args.bf16} threads={args.threads} "
-          f"repeats={args.repeats} x {args.steps} steps; tokens/step={first['tokens_per_step']} "
-          f"regions/sample<= {runs['fo1'][0]['regions_per_sample'] if 'fo1' in runs else '?'}")
-    median_step = {v: statistics.median([t for r in rs for t in r["step_seconds"]]) for v, rs in runs.items()}
+          f"repeats={args.repeats} x {args.steps} steps; tokens/step={first['tokens_per_step']} regions/sample<= {regions}")
+    clocks = ("wall", "cpu") if args.device == "cpu" else ("wall",)
+    ratios = {clock: {} for clock in clocks}
     for variant, rs in runs.items():
-        ratios = [r["step_seconds_median"] / p["step_seconds_median"] for r, p in zip(rs, runs["plain"])]
-        ratio = statistics.median(ratios)
-        per_repeat = ", ".join(f"{x:.2f}" for x in ratios)
-        target = "  (target <= 1.2x)" if variant == "fo1" else ""
-        print(f"{variant:11s} step {median_step[variant]:.3f} s  {rs[0]['tokens_per_step'] / median_step[variant]:8.1f} "
-              f"tokens/s  x{ratio:.2f} of plain [{per_repeat}]{target}  peak memory "
-              f"{statistics.median(r['peak_memory_mib'] for r in rs):.0f} MiB  params {rs[0]['parameters']:,} "
-              f"(trained {rs[0]['trainable_parameters']:,})")
+        line = f"{variant:11s}"
+        for clock in clocks:
+            step = statistics.median([t for r in rs for t in r[clock]])
+            per_repeat = [statistics.median(r[clock]) / statistics.median(p[clock]) for r, p in zip(rs, runs["plain"])]
+            ratios[clock][variant] = per_repeat
+            line += (f" | {clock} {step:.3f} s/step {rs[0]['tokens_per_step'] / step:7.1f} tok/s "
+                     f"x{statistics.median(per_repeat):.2f} [{', '.join(f'{x:.2f}' for x in per_repeat)}]")
+        line += (f" | peak {statistics.median(r['peak_memory_mib'] for r in rs):.0f} MiB, params "
+                 f"{rs[0]['parameters'] / 1e6:.1f}M ({rs[0]['trainable_parameters'] / 1e6:.1f}M trained)")
+        print(line)
+    print("xR = step time / plain step time, median over repeats [per repeat]; target for fo1: <= 1.2")
+    if args.device == "cpu":
+        print("cpu = the process's own CPU seconds (with --threads 1 the same as wall time on an idle machine, "
+              "and much less disturbed by other jobs on a shared one)")
     if {"fo1", "fo1-no-aux"} <= set(runs):
-        plain, fo1, no_aux = median_step["plain"], median_step["fo1"], median_step["fo1-no-aux"]
-        print(f"FO1 overhead over plain: {fo1 - plain:.3f} s/step; auxiliary branch (DaViT fwd+bwd + its pooling) "
-              f"{fo1 - no_aux:.3f} s = {(fo1 - no_aux) / plain:.2f}x of plain; rest of region encoding "
-              f"(SimpleFP, pooling, connector, plumbing) {no_aux - plain:.3f} s = {(no_aux - plain) / plain:.2f}x of plain")
-
+        for clock in clocks:
+            fo1, no_aux = ratios[clock]["fo1"], ratios[clock]["fo1-no-aux"]
+            aux = statistics.median(f - n for f, n in zip(fo1, no_aux))
+            rest = statistics.median(n - 1 for n in no_aux)
+            print(f"{clock}: FO1 overhead = auxiliary branch (DaViT fwd+bwd and its pooling) {aux:+.2f}x of plain "
+                  f"+ rest of region encoding (SimpleFP, primary pooling, connector, plumbing) {rest:+.2f}x of plain")
+    components = [r["components"] for r in runs.get("fo1", []) if "components" in r]
+    if components:
+        plain_step = {clock: statistics.median([t for r in runs["plain"] for t in r[clock]]) for clock in clocks}
+        for clock in clocks:
+            median = {name: statistics.median([t for c in components for t in c[name][clock]]) for name in components[0]}
+            pooling = median["region_encoder"] - median["simple_fp"]
+            print(f"{clock}: FO1 parts alone (fwd+bwd, s; x of plain step): DaViT {median['davit']:.3f} "
+                  f"({median['davit'] / plain_step[clock]:.2f}x), SimpleFP {median['simple_fp']:.3f} "
+                  f"({median['simple_fp'] / plain_step[clock]:.2f}x), pooling + fusion + connector {pooling:.3f} "
+                  f"({pooling / plain_step[clock]:.2f}x)")
 
 if __name__ == "__main__":
     main()

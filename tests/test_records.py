@@ -152,3 +152,16 @@ def test_read_names_file_and_line_of_a_bad_line_and_skips_blank_lines(tmp_path):
     path.write_text(good + "\n" + json.dumps(make_record(score_list=[])) + "\n", encoding="utf-8")
     with pytest.raises(RecordError, match=r"records\.jsonl:2: record 'r0': 0 scores for 2 boxes"):
         list(read_records(path))
+
+
+def test_text_only_records_have_no_image_tag_and_no_boxes(tmp_path):
+    record = FO1Record.single_turn("t", None, "Find stars.", "none")
+    assert record.conversations[0]["value"] == "Find stars." and record.prompt == "Find stars."
+    write_records(tmp_path / "t.jsonl", [record])
+    assert list(read_records(tmp_path / "t.jsonl")) == [record]
+    with pytest.raises(RecordError, match="text-only"):
+        FO1Record.single_turn("t", None, "<image>\nFind stars.", "none").validate()
+    with pytest.raises(RecordError, match="text-only record .image null. cannot have boxes"):
+        FO1Record.single_turn("t", None, "Find <region0>.", "none", bbox_list=[[0, 0, 1, 1]], score_list=[1.0]).validate()
+    with pytest.raises(RecordError, match="or null"):
+        FO1Record.single_turn("t", "", "Find stars.", "none").validate()

@@ -173,6 +173,41 @@ def test_box_scoring_errors():
         box_token_probability(box, [(0, 3)], [0.5])
 
 
+def test_answer_coordinate_records_scores_what_the_generator_emitted(tmp_path, small_shapeworld_tokenizer, monkeypatch):
+    """The glue from generated tokens to scored boxes: the end-of-turn token is not part of the
+    answer, probabilities stay aligned with their tokens, a cut-off answer is flagged."""
+    from vlmfo1.data.records import read_records
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+    from vlmfo1.evaluation.coordinates import answer_coordinate_records
+    from vlmfo1.pipeline import generation
+    from vlmfo1.training.tiny import init_tiny
+
+    write_dataset(tmp_path, n=1, seed=0, split="t", config=ShapeWorldConfig.train(task_counts={"counting": 1, "image_qa": 1}))
+    records = list(read_records(tmp_path / "t.coords.jsonl"))
+    model, processor = init_tiny(None, size="tiny", tokenizer=small_shapeworld_tokenizer)
+    tokenizer = processor.tokenizer
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = tokenizer(TWO_BOXES + "\n2")["input_ids"]
+    asked = []
+
+    def generate(self, calls):
+        asked.extend(calls)
+        return [generation.Generated(ids + [eos], [0.5] * len(ids) + [0.9], finished=True),
+                generation.Generated(ids[:-3], [0.2] * (len(ids) - 3), finished=False)]
+
+    monkeypatch.setattr(generation.FO1Generator, "generate", generate)
+    done, cut = answer_coordinate_records(model, processor, records, tmp_path, max_new_tokens=64)
+    assert [call.messages[0]["content"] for call in asked] == [r.prompt for r in records]
+    assert all(len(call.boxes) == 0 for call in asked)  # the twin is given no regions
+    assert done.answer == TWO_BOXES + "\n2" and done.parsed.remainder == "2" and done.finished
+    assert done.scores["token_probability"] == pytest.approx([0.5, 0.5])
+    assert done.scores["constant"] == [1.0, 1.0]
+    assert done.num_tokens == len(ids) + 1
+    row = cut.to_dict()
+    assert not row["finished"] and "answer cut off at max_new_tokens" in row["warnings"]
+    assert [box["token_probability"] for box in row["boxes"]] == pytest.approx([0.2, 0.2])
+
+
 # ---------------------------------------------------------------------------------------------
 # The benchmark script
 # ---------------------------------------------------------------------------------------------

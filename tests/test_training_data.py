@@ -36,6 +36,7 @@ from vlmfo1.training.data import (
     shuffle_regions,
 )
 from vlmfo1.training.tiny import init_tiny
+from vlmfo1.data.shapeworld.text_tasks import lookup_records
 
 REGION = re.compile(r"<region(\d+)>")
 
@@ -391,3 +392,32 @@ def test_a_sample_that_cannot_be_made_names_its_record(tmp_path, processor, imag
     assert dataset[0]["input_ids"].ndim == 1
     with pytest.raises(SampleError, match=r"recs.jsonl: record 'lost': image file not found"):
         dataset[1]
+
+
+def test_text_only_records_train_alone_and_in_a_batch_with_images(processor, image_dir, tiny_model):
+    text = FO1Record.single_turn("t", None, "Items: (A) red circle (B) blue star. Find stars.", "star: (B)")
+    with_image = grounded_record(rid="d2", image="c.png")
+    text_sample = encode_record(text, None, processor)
+    assert "pixel_values" not in text_sample and text_sample["region_boxes"].shape == (0, 4)
+    assert processor.tokenizer.decode(text_sample["input_ids"][text_sample["labels"] != -100]) == "star: (B)<|im_end|>"
+    image_sample = encode_record(with_image, Image.open(image_dir / "c.png"), processor)
+    collate = FO1Collator(processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        # An image batch first leaves a rope delta behind; a text-only batch must not reuse it.
+        image_alone = tiny_model(**collate([image_sample])).loss
+        text_alone = tiny_model(**collate([text_sample])).loss
+        text_twice = tiny_model(**collate([text_sample, text_sample])).loss
+        mixed = tiny_model(**collate([text_sample, image_sample]))
+    torch.testing.assert_close(text_twice, text_alone)
+    n_text = int((text_sample["labels"][1:] != -100).sum())
+    n_image = int((image_sample["labels"][1:] != -100).sum())
+    torch.testing.assert_close(mixed.loss, (text_alone * n_text + image_alone * n_image) / (n_text + n_image),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_text_only_dataset_records_skip_image_loading(tmp_path, processor):
+    records = lookup_records(3, seed=0)
+    write_records(tmp_path / "text.jsonl", records)
+    dataset = FO1TrainingDataset([load_source(tmp_path / "text.jsonl")], processor, seed=0)
+    sample = dataset[0]
+    assert "pixel_values" not in sample and processor.tokenizer.decode(sample["input_ids"]).count("Items:") == 1

@@ -49,7 +49,7 @@ _ENTRY_RE = re.compile(r"\{[^{}]*\}")
 _BBOX_RE = re.compile(r'"bbox_2d"\s*:\s*\[([^\[\]{}]*)\]')
 _LABEL_RE = re.compile(r'"label"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # A fenced block, or an unclosed fence that runs to the end of an answer cut off mid-block.
-_FENCE_RE = re.compile(r"```[a-zA-Z]*[^\S\n]*\n?.*?(?:```|\Z)", re.S)
+_FENCE_RE = re.compile(r"```[a-zA-Z]*[^\S\n]*\n?.*?(?:```|\Z)", re.DOTALL)
 # An entry opened but never closed: the answer was cut off inside it.
 _CUT_ENTRY_RE = re.compile(r'\{[^{}]*"bbox_2d"[^{}]*\Z')
 _EMPTY_LIST_RE = re.compile(r"\[[\s,]*\]")
@@ -119,7 +119,7 @@ def _read_entry(entry: re.Match, image_size, warnings: list[str]) -> CoordinateB
         width, height = float(image_size[0]), float(image_size[1])
         clipped = (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
         if clipped != (x1, y1, x2, y2):
-            warnings.append(f"{where}: box reaches outside the {width}x{height} image; clipped")
+            warnings.append(f"{where}: box reaches outside the {image_size[0]}x{image_size[1]} image; clipped")
         x1, y1, x2, y2 = clipped
     if x2 <= x1 or y2 <= y1:
         warnings.append(f"{where}: box has no area; dropped")

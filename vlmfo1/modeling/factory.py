@@ -54,6 +54,7 @@ def small_fo1_config(
     use_aux_features: bool = True,
     use_primary_features: bool = True,
     tie_word_embeddings: bool = True,
+    rope_theta: float = 1000000.0,
     **overrides,
 ) -> FO1Config:
     """A Qwen2.5-VL-shaped FO1 of the given size.
@@ -85,7 +86,7 @@ def small_fo1_config(
             num_key_value_heads=kv_heads,
             max_position_embeddings=32768,
             rope_scaling={"type": "mrope", "mrope_section": mrope_section},
-            rope_theta=1000000.0,
+            rope_theta=rope_theta,
             initializer_range=0.02,
             **{k: v for k, v in special.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")},
         ),

@@ -1,8 +1,9 @@
 """RoIAlign with exactly the semantics of ``torchvision.ops.roi_align``.
 
-The HFRE region encoder pools every box with ``roi_align(aligned=False,
-sampling_ratio=-1)`` in fp32 (see ``SPEC.md`` 2.3). torchvision is used when it
-imports; otherwise a pure-PyTorch implementation reproduces torchvision's kernel:
+The HFRE region encoder pools every box with these semantics (``aligned=False,
+sampling_ratio=-1``, fp32, see ``SPEC.md`` 2.3), through ``roi_align_mean`` below.
+``roi_align`` uses torchvision when it imports; otherwise a pure-PyTorch implementation
+reproduces torchvision's kernel:
 
 * box corners are scaled by ``spatial_scale`` (cast to the compute dtype first, as
   the kernel does) and shifted by -0.5 only when ``aligned``;
@@ -25,6 +26,10 @@ materialised, and autograd's gradient with respect to the input is the same weig
 scattered back, as in torchvision's backward. Boxes get no gradient (torchvision returns
 none either). The table is a view of a channels_last input and a copy otherwise.
 
+``roi_align_mean`` is what the HFRE needs: each box's mean over its bins, [K, C]. That mean is
+again one separable weighted sum of cells per box, so it is computed once per box (not per bin),
+and for maps that stand for a bilinearly resized concatenation (the fused DaViT map) on the maps
+themselves, with the resizing folded into the per-axis weights.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 try:  # torchvision may be absent or broken (a CUDA wheel without CUDA libraries raises on import)
     from torchvision.ops import roi_align as _torchvision_roi_align
@@ -197,8 +203,51 @@ def _weighted_box_sums(
     x = first_x[box] + (local - row_in_band * band_x[box])
     cells = (batch_index[box] * height + y) * width + x
     weights = y_weight[box, y] * x_weight[box, x]
-    table = input.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
+    table = _cells_as_rows(input)
     return F.embedding_bag(cells, table, starts, mode="sum", per_sample_weights=weights)
+
+
+def _cells_as_rows(input: torch.Tensor) -> torch.Tensor:
+    """The map's cells as rows of a [N*H*W, C] table: a view of a channels_last map, else a copy."""
+    num_images, channels, height, width = input.shape
+    rows = input.permute(0, 2, 3, 1)
+    if rows.is_contiguous() or not input.is_contiguous():
+        return rows.reshape(num_images * height * width, channels)
+    return _TransposedCells.apply(input)
+
+
+def _transpose_images(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """target[n] = source[n].T for [N, A, B] -> [N, B, A], image by image as 2-D matrices.
+
+    ATen copies a transposed 2-D matrix with a cache-blocked kernel, several times faster than its
+    generic copy of a 4-D permutation on large maps (benchmarks/roi_align_speed.py).
+    """
+    for image in range(source.shape[0]):
+        target[image].copy_(source[image].t())
+    return target
+
+
+class _TransposedCells(torch.autograd.Function):
+    """NCHW map -> [N*H*W, C] cell rows, and the gradient back to NCHW, both by 2-D transposes."""
+
+    @staticmethod
+    def forward(input: torch.Tensor) -> torch.Tensor:
+        num_images, channels, height, width = input.shape
+        flat = input.view(num_images, channels, height * width)
+        rows = _transpose_images(flat, input.new_empty(num_images, height * width, channels))
+        return rows.view(num_images * height * width, channels)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_rows: torch.Tensor) -> torch.Tensor:
+        num_images, channels, height, width = ctx.shape
+        grad_rows = grad_rows.contiguous().view(num_images, height * width, channels)
+        grad = _transpose_images(grad_rows, grad_rows.new_empty(num_images, channels, height * width))
+        return grad.view(ctx.shape)
 
 
 def _support(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +312,7 @@ def _roi_align_torch(
     y_axis, x_axis, count = _sampling_grid(rois, output_size, spatial_scale, sampling_ratio, aligned, height, width)
 
     # Map cells as rows of a [N*H*W, C] table: a view of a channels_last input, else one copy.
-    table = input.permute(0, 2, 3, 1).contiguous().view(num_images * height * width, channels)
+    table = _cells_as_rows(input)
     batch_index = rois[:, 0].long()
     # Boxes in order of band area (similar boxes pad alike), in chunks that bound the entries.
     band_area = y_axis.band_per_box * x_axis.band_per_box

@@ -26,6 +26,10 @@ def add_fo1_tokens(tokenizer: PreTrainedTokenizerBase, max_regions: int = MAX_RE
 
 
 def load_fo1_tokenizer(path, max_regions: int = MAX_REGIONS) -> PreTrainedTokenizerBase:
+    # AutoTokenizer reads a model folder's config.json; registering FO1Config with AutoConfig first
+    # lets it parse ours instead of warning that an unknown model type is being loaded.
+    import vlmfo1.modeling.configuration_fo1  # noqa: F401
+
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     add_fo1_tokens(tokenizer, max_regions)
     return tokenizer

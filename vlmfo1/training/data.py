@@ -366,6 +366,7 @@ class FO1TrainingDataset(Dataset):
         record, source, rng = self.record(k)
         if record.image is None:  # text-only (language data): no image, no regions
             return record, None
+        image = load_image(source.image_root / record.image)
         if source.proposals is not None:
             boxes, scores = source.proposals(record, image)
             record, _ = attach_proposals(record, boxes, scores, rng, self.iou_threshold, self.max_regions)

@@ -1,0 +1,137 @@
+"""Does a small FO1 learn grounding? Train one on chosen ShapeWorld tasks, then measure what it learned.
+
+The bundled demo model writes the FO1 grammar but does not ground (docs/training.md). This probe
+separates the two skills grounding needs, on held-out scenes, by the model's loss on each kind of
+answer token (teacher forcing, so one wrong token does not spoil the rest):
+
+* ``word``: label words the answer copies from the question (``<ground>red circle</ground>``);
+* ``region``: the ``<regionK>`` tokens (retrieval), with top-1 accuracy; chance is about 1/#regions;
+* ``grammar``: the other special tokens (``<ground>``, ``<objects>``, ...).
+
+    python benchmarks/grounding_probe.py --out runs/probe --tasks detection:3 --steps 300 --lr 3e-3
+    python benchmarks/grounding_probe.py --out runs/probe-text --text-lookup 40000 --train llm --steps 600 --batch 16
+
+``--text-lookup N`` trains on N text-only look-up records (`vlmfo1.data.shapeworld.text_tasks`)
+instead of scenes and reports their exact-match accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vlmfo1.data.records import read_records, write_records
+from vlmfo1.training.recipes import _take_tasks
+from vlmfo1.training.trainer import train
+
+BUNDLED = Path(__file__).resolve().parents[1] / "vlmfo1" / "assets" / "shapeworld-fo1"
+
+
+def token_losses(model_dir: Path, records, image_root: Path) -> dict[str, float]:
+    from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
+    from vlmfo1.processing.image_processing import load_image
+
+    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir)).eval()
+    processor = FO1Processor.from_pretrained(model_dir)
+    tokenizer = processor.tokenizer
+    losses: dict[str, list[float]] = collections.defaultdict(list)
+    with torch.no_grad():
+        for record in records:
+            inputs = processor(images=[load_image(image_root / record.image)], boxes=[record.bbox_list], text=[record.prompt])
+            answer = tokenizer(record.answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            ids = torch.cat([inputs["input_ids"], torch.tensor([answer])], 1)
+            extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits
+            log_probs = logits[0, inputs["input_ids"].shape[1] - 1:-1].log_softmax(-1)
+            for position, token in enumerate(answer):
+                name = tokenizer.convert_ids_to_tokens(token)
+                kind = "region" if name.startswith("<region") else ("grammar" if name.startswith("<") else "word")
+                losses[kind].append(-log_probs[position, token].item())
+                if kind == "region":
+                    losses["region_top1"].append(float(log_probs[position].argmax().item() == token))
+    return {kind: round(sum(v) / len(v), 3) for kind, v in losses.items()}
+
+
+def lookup_accuracy(model_dir: Path, records) -> float:
+    from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
+
+    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir)).eval()
+    processor = FO1Processor.from_pretrained(model_dir)
+    right = 0
+    for start in range(0, len(records), 16):
+        batch = records[start:start + 16]
+        inputs = processor(text=[r.prompt for r in batch])
+        out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        for record, ids in zip(batch, out[:, inputs["input_ids"].shape[1]:]):
+            right += processor.tokenizer.decode(ids, skip_special_tokens=False).split("<|im_end|>")[0] == record.answer
+    return right / len(records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--scenes", type=int, default=1500, help="training scenes (ShapeWorld train preset, seed 0)")
+    parser.add_argument("--tasks", default="detection:3", help="records per scene and task, e.g. detection:3,counting:2")
+    parser.add_argument("--text-lookup", type=int, default=0, help="train on this many text-only look-up records instead")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train", default="vision,image_projector,llm,aux_encoder,region_encoder,connector",
+                        help="parameter groups that train (vlmfo1.training.stages.GROUPS)")
+    parser.add_argument("--init-from", default=None, help="a model folder to start from (default: a random demo-size FO1)")
+    parser.add_argument("--rope-theta", type=float, default=1e6)
+    parser.add_argument("--eval-records", type=int, default=40)
+    args = parser.parse_args()
+
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+    from vlmfo1.data.shapeworld.text_tasks import lookup_records
+
+    out = args.out
+    data = out / "data"
+    tasks = {name: int(n) for name, n in (t.split(":") for t in args.tasks.split(","))}
+    if args.text_lookup:
+        records = lookup_records(args.text_lookup, seed=0)
+        held_out = lookup_records(args.eval_records, seed=1, split="lookup-val")
+    else:
+        if not (data / "val.fo1.jsonl").exists():
+            write_dataset(data, n=args.scenes, seed=0, split="train", config=ShapeWorldConfig.train(task_counts=tasks),
+                          workers=1, coordinates=False)
+            write_dataset(data, n=max(args.eval_records, 20), seed=1, split="val",
+                          config=ShapeWorldConfig.train(task_counts={t: 1 for t in tasks}), workers=1, coordinates=False)
+        records = _take_tasks(list(read_records(data / "train.fo1.jsonl")), tasks)
+        held_out = [r for r in read_records(data / "val.fo1.jsonl") if r.task != "rejection"][: args.eval_records]
+    out.mkdir(parents=True, exist_ok=True)
+    write_records(out / "train.fo1.jsonl", records)
+    model = ({"init_from": args.init_from} if args.init_from else
+             {"tiny": {"size": "demo", "tokenizer": str(BUNDLED), "aux_image_size": 192, "max_pixels": 224 * 224,
+                       "rope_theta": args.rope_theta}})
+    config = {
+        "stage": {"name": "probe", "train": args.train.split(",")},
+        "model": model,
+        "data": {"train": [{"records": str(out / "train.fo1.jsonl"), "images": str(data)}], "shuffle_regions": True},
+        "training": {"output_dir": str(out / "run"), "max_steps": args.steps, "learning_rate": args.lr,
+                     "per_device_train_batch_size": args.batch, "warmup_steps": 0.05, "lr_scheduler_type": "cosine",
+                     "weight_decay": 0.0, "logging_steps": 10, "save_steps": 10 ** 6, "report_to": "none", "seed": 0,
+                     "dataloader_num_workers": 0, "disable_tqdm": True},
+    }
+    start = time.perf_counter()
+    result = train(config, resume=None)
+    seconds = time.perf_counter() - start
+    losses = result.losses
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "train_seconds": round(seconds, 1),
+              "seconds_per_step": round(seconds / args.steps, 2),
+              "loss_first_last": [losses[0], losses[-1]] if losses else None}
+    if args.text_lookup:
+        report["lookup_exact"] = lookup_accuracy(out / "run", held_out)
+    else:
+        report["held_out_token_loss"] = token_losses(out / "run", held_out, data)
+    (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+import re
+
+from vlmfo1.data.shapeworld.text_tasks import MARKERS, NONE_FOUND, lookup_records
+from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES
+
+
+def test_lookup_answers_name_exactly_the_fitting_items():
+    records = lookup_records(300, seed=3)
+    multi = none = 0
+    for record in records:
+        assert record.image is None and record.bbox_list == [] and "<" not in record.prompt + record.answer
+        items = re.findall(r"\(([A-Z])\) (\w+) (\w+)", record.prompt)
+        assert [letter for letter, _, _ in items] == list(MARKERS[: len(items)])
+        for part in record.answer.split("; "):
+            label, found = part.split(": ")
+            words = label.split()
+            colour = next((w for w in words if w in COLOURS), None)
+            shape = next((s for s in SHAPES if s in (words[-1], words[-1].rstrip("s"), words[-1][:-2])), None)
+            fitting = [m for m, c, s in items if colour in (None, c) and shape in (None, s)]
+            if found == NONE_FOUND:
+                assert fitting == []
+                none += 1
+            else:
+                assert re.findall(r"\(([A-Z])\)", found) == fitting
+                multi += len(fitting) > 1
+    assert multi > 50 and none > 20
+
+
+def test_lookup_records_are_seeded():
+    assert lookup_records(5, seed=1) == lookup_records(5, seed=1) != lookup_records(5, seed=2)
