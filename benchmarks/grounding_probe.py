@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=1500, help="training scenes (ShapeWorld train preset, seed 0)")
     parser.add_argument("--tasks", default="detection:3", help="records per scene and task, e.g. detection:3,counting:2")
     parser.add_argument("--text-lookup", type=int, default=0, help="train on this many text-only look-up records instead")
+    parser.add_argument("--lookup-items", type=int, default=12, help="most items in a look-up list")
+    parser.add_argument("--lookup-queries", type=int, default=3, help="most labels asked in a look-up question")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -94,8 +96,9 @@ def main() -> None:
     data = out / "data"
     tasks = {name: int(n) for name, n in (t.split(":") for t in args.tasks.split(","))}
     if args.text_lookup:
-        records = lookup_records(args.text_lookup, seed=0)
-        held_out = lookup_records(args.eval_records, seed=1, split="lookup-val")
+        shape = dict(max_items=args.lookup_items, max_queries=args.lookup_queries)
+        records = lookup_records(args.text_lookup, seed=0, **shape)
+        held_out = lookup_records(args.eval_records, seed=1, split="lookup-val", **shape)
     else:
         if not (data / "val.fo1.jsonl").exists():
             write_dataset(data, n=args.scenes, seed=0, split="train", config=ShapeWorldConfig.train(task_counts=tasks),

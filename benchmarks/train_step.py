@@ -171,6 +171,113 @@ def component_times(model, batch, repeats: int, device) -> dict[str, dict[str, l
     return results
 
 
+def flop_counts(image_w: int, image_h: int, regions: int, text_tokens: int, aux_size: int) -> None:
+    """Prints the FLOPs of one sample's training step at the released model's size (Qwen2.5-VL-3B,
+    DaViT-large, SimpleFP 1280 -> 512), counted by `torch.utils.flop_counter` with eager attention.
+
+    Nothing is trained or timed: the LLM, DaViT and SimpleFP run on the meta device (shapes only);
+    the primary ViT needs real grid arithmetic, so one window block, one full-attention block and
+    the rest are counted on small CPU runs and scaled to the 28 + 4 blocks. FLOPs are not time
+    (convolutions and small-window attention run less efficiently than the LLM's large GEMMs),
+    and the optimizer's elementwise work is not counted.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Florence2VisionBackbone, Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        Qwen2_5_VisionTransformerPretrainedModel,
+        Qwen2_5_VLTextModel,
+    )
+
+    from vlmfo1.modeling.configuration_fo1 import florence2_large_davit_config
+    from vlmfo1.modeling.region_encoder import SimpleFP, build_connector
+
+    def counted(function) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            function()
+        return counter.get_total_flops() / 1e12
+
+    vision = dict(hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, window_size=112,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    grid_h, grid_w = image_h // 28 * 2, image_w // 28 * 2
+    image_tokens = grid_h * grid_w // 4
+    tokens = image_tokens + 2 * regions + text_tokens  # each region: <regionK> and its feature slot
+
+    def vit_forward(depth: int, full_attention: list[int]) -> float:
+        config = Qwen2_5_VLConfig(vision_config=dict(vision, depth=depth, fullatt_block_indexes=full_attention))
+        torch.manual_seed(0)
+        vit = Qwen2_5_VisionTransformerPretrainedModel._from_config(config.vision_config, attn_implementation="eager")
+        pixels = torch.randn(grid_h * grid_w, 3 * 2 * 14 * 14)
+        with torch.no_grad():
+            return counted(lambda: vit(pixels, grid_thw=torch.tensor([[1, grid_h, grid_w]])))
+
+    one_window, two_windows, one_full = vit_forward(1, []), vit_forward(2, []), vit_forward(1, [0])
+    window_block = two_windows - one_window
+    vit = (one_window - window_block) + 28 * window_block + 4 * (one_full - (one_window - window_block))
+
+    text = Qwen2_5_VLConfig(text_config=dict(
+        vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+        num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})).text_config
+    with torch.device("meta"):
+        language_model = Qwen2_5_VLTextModel._from_config(text, attn_implementation="eager")
+        lm_head = torch.nn.Linear(2048, text.vocab_size, bias=False)
+        davit = Florence2VisionBackbone._from_config(florence2_large_davit_config(), attn_implementation="eager")
+        simple_fp = SimpleFP(1280, 512)
+        connector = build_connector("mlp2x_gelu", 3840 + 4 * 512, 2048)
+    positions = torch.arange(tokens, device="meta")[None, None].expand(3, 1, tokens)
+
+    def llm(train_weights: bool) -> float:
+        language_model.requires_grad_(train_weights)
+        lm_head.requires_grad_(train_weights)
+        embeddings = torch.randn(1, tokens, 2048, device="meta", requires_grad=True)
+        hidden = language_model(inputs_embeds=embeddings, position_ids=positions).last_hidden_state
+        lm_head(hidden).sum().backward()
+
+    aux_pixels = torch.randn(1, 3, aux_size, aux_size, device="meta")
+
+    def davit_forward():
+        with torch.no_grad():
+            davit(aux_pixels, output_hidden_states=True)
+
+    stage_ends = torch.tensor(davit.config.depths).cumsum(0).tolist()
+
+    def davit_train():
+        out = davit(aux_pixels, output_hidden_states=True)
+        stages = [out.hidden_states[end] for end in stage_ends]
+        torch.autograd.backward(stages, [torch.ones_like(stage) for stage in stages])
+
+    def region_encoder_train():
+        levels = simple_fp(torch.randn(1, 1280, grid_h, grid_w, device="meta"))
+        pooled = torch.cat([level.mean(dim=(2, 3)).expand(regions, -1) for level in levels], dim=1)
+        features = torch.cat([torch.randn(regions, 3840, device="meta"), pooled], dim=1)
+        connector(features).sum().backward()
+
+    parts = {
+        "primary ViT forward (frozen)": vit,
+        "LLM forward+backward, weights trained": counted(lambda: llm(True)),
+        "LLM forward+backward, weights frozen (stage 1)": counted(lambda: llm(False)),
+        "DaViT-large forward": counted(davit_forward),
+        "DaViT-large forward+backward": counted(davit_train),
+        "SimpleFP + connector forward+backward": counted(region_encoder_train),
+    }
+    print(f"FLOPs of one sample's training step at Qwen2.5-VL-3B + DaViT-large size: {image_w}x{image_h} image "
+          f"({image_tokens} image tokens), {regions} regions, {tokens} LLM tokens, DaViT input {aux_size}^2 "
+          "(torch.utils.flop_counter, eager attention; RoIAlign pooling and the optimizer not counted)")
+    for name, tflop in parts.items():
+        print(f"  {name:48s} {tflop:7.2f} TFLOP")
+    plain = vit + parts["LLM forward+backward, weights trained"]
+    region = parts["SimpleFP + connector forward+backward"]
+    steps = {
+        "plain Qwen2.5-VL SFT step": plain,
+        "FO1 stage 2": plain + parts["DaViT-large forward+backward"] + region,
+        "FO1 stage 2 without the aux branch": plain + region,
+        "FO1 stage 1": vit + parts["LLM forward+backward, weights frozen (stage 1)"] + parts["DaViT-large forward"] + region,
+    }
+    for name, tflop in steps.items():
+        print(f"  {name:48s} {tflop:7.2f} TFLOP  x{tflop / plain:.2f} of plain")
+
+
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -192,8 +299,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the DaViT, SimpleFP and the rest of the region encoder alone (fwd+bwd)")
+    parser.add_argument("--flops", action="store_true",
+                        help="instead of timing, count the FLOPs of a training step at the released model's size")
+    parser.add_argument("--flops-image", default="1008x756", help="--flops: primary image size WxH")
+    parser.add_argument("--flops-regions", type=int, default=100, help="--flops: regions per sample")
+    parser.add_argument("--flops-text-tokens", type=int, default=100, help="--flops: text tokens per sample")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.flops:
+        width, height = (int(v) for v in args.flops_image.lower().split("x"))
+        flop_counts(width, height, args.flops_regions, args.flops_text_tokens, 768)
+        return
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
@@ -246,6 +362,10 @@ def report(args, runs: dict[str, list[dict]]) -> None:
                  f"{rs[0]['parameters'] / 1e6:.1f}M ({rs[0]['trainable_parameters'] / 1e6:.1f}M trained)")
         print(line)
     print("xR = step time / plain step time, median over repeats [per repeat]; target for fo1: <= 1.2")
+    for clock in clocks:
+        fastest = {v: min(t for r in rs for t in r[clock]) for v, rs in runs.items()}
+        print(f"{clock}, fastest step of each variant (least disturbed by other jobs): "
+              + ", ".join(f"{v} x{fastest[v] / fastest['plain']:.2f}" for v in runs if v != "plain"))
     if args.device == "cpu":
         print("cpu = the process's own CPU seconds (with --threads 1 the same as wall time on an idle machine, "
               "and much less disturbed by other jobs on a shared one)")

@@ -165,13 +165,16 @@ def test_channel_layer_norm_and_1x1_conv_match_their_textbook_form():
     torch.testing.assert_close(conv(x), conv.norm(F.conv2d(x, conv.weight)), rtol=1e-5, atol=1e-5)
 
 
-def test_auxiliary_encoder_sees_only_images_with_regions():
+# --------------------------------------------------------------------------------------------
+# The model: which images reach the DaViT, and what builds autograd graphs in stage 1.
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_fo1():
     from PIL import Image
 
     from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
     from vlmfo1.processing.image_processing import FO1ImageProcessor
     from vlmfo1.processing.tokenization import find_qwen_tokenizer_dir, load_fo1_tokenizer
-    from vlmfo1.prompts import detection_prompt
 
     processor = FO1Processor(
         FO1ImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, aux_image_size=64),
@@ -184,25 +187,62 @@ def test_auxiliary_encoder_sees_only_images_with_regions():
     model = FO1ForConditionalGeneration(config).eval()
     generator = torch.Generator().manual_seed(5)
     images = [Image.fromarray((torch.rand(90, 120, 3, generator=generator) * 255).byte().numpy()) for _ in range(2)]
-    with_regions = processor(images=images[0], boxes=[[10, 10, 60, 50], [30, 20, 100, 80]], text=detection_prompt("x"))
+    return processor, model, images
+
+
+BOXES = [[10, 10, 60, 50], [30, 20, 100, 80]]
+
+
+def test_auxiliary_encoder_sees_only_images_with_regions(tiny_fo1):
+    from vlmfo1.prompts import detection_prompt
+
+    processor, model, images = tiny_fo1
+    region_token_id = model.config.region_token_id
+    with_regions = processor(images=images[0], boxes=BOXES, text=detection_prompt("x"))
     plain = processor(images=images[1], text="Describe this image.")
     # The image with regions second, so that picking its DaViT input by index matters.
     batch = processor(
-        images=[images[1], images[0]], boxes=[[], [[10, 10, 60, 50], [30, 20, 100, 80]]],
-        text=["Describe this image.", detection_prompt("x")],
+        images=[images[1], images[0]], boxes=[[], BOXES], text=["Describe this image.", detection_prompt("x")]
     )
     seen = []
-    model.aux_encoder.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
-    with torch.no_grad():
-        region_mask = batch["input_ids"] == config.region_token_id
-        batched = model.embed_inputs(
-            batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"], batch["aux_pixel_values"],
-            batch["region_boxes"],
-        )[region_mask]
-        alone = model.embed_inputs(
-            with_regions["input_ids"], with_regions["pixel_values"], with_regions["image_grid_thw"],
-            with_regions["aux_pixel_values"], with_regions["region_boxes"],
-        )[with_regions["input_ids"] == config.region_token_id]
-        model.embed_inputs(plain["input_ids"], plain["pixel_values"], plain["image_grid_thw"])
+    hook = model.aux_encoder.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            batched = model.embed_inputs(
+                batch["input_ids"], batch["pixel_values"], batch["image_grid_thw"], batch["aux_pixel_values"],
+                batch["region_boxes"],
+            )[batch["input_ids"] == region_token_id]
+            alone = model.embed_inputs(
+                with_regions["input_ids"], with_regions["pixel_values"], with_regions["image_grid_thw"],
+                with_regions["aux_pixel_values"], with_regions["region_boxes"],
+            )[with_regions["input_ids"] == region_token_id]
+            model.embed_inputs(plain["input_ids"], plain["pixel_values"], plain["image_grid_thw"])
+    finally:
+        hook.remove()
     assert seen == [1, 1]  # the batch's image without regions never reached the DaViT
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_stage1_frozen_encoders_build_no_autograd_graph(tiny_fo1):
+    """Stage 1 freezes the ViT and the DaViT: their outputs must carry no graph (nothing to save for
+    backward), while the region tokens do (the region encoder and connector train)."""
+    from vlmfo1.prompts import detection_prompt
+    from vlmfo1.training.stages import apply_stage
+    from vlmfo1.training.tiny import first_fo1_token_id
+
+    processor, model, images = tiny_fo1
+    inputs = processor(images=images[0], boxes=BOXES, text=detection_prompt("x"))
+    state = {name: p.requires_grad for name, p in model.named_parameters()}
+    applied = apply_stage(model, 1, first_new_token_id=first_fo1_token_id(processor.tokenizer), fresh=False)
+    try:
+        model.train()
+        image_embeds, levels = model.encode_images(inputs["pixel_values"], inputs["image_grid_thw"])
+        stages = model.aux_stage_maps(inputs["aux_pixel_values"])
+        assert all(t.grad_fn is None for t in [*image_embeds, *levels[0], *stages])
+        tokens = model.encode_regions([inputs["region_boxes"][0]], levels, stages)
+        assert tokens[0].requires_grad
+    finally:
+        applied.remove()
+        model.eval()
+        for name, p in model.named_parameters():
+            p.requires_grad_(state[name])

@@ -138,8 +138,8 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         if sum(counts) == 0:
             return [boxes.new_zeros(0, hidden) for boxes in region_boxes]
         flat_boxes = torch.cat(region_boxes)
-        image_index = torch.repeat_interleave(torch.arange(len(counts), device=flat_boxes.device),
-                                              torch.tensor(counts, device=flat_boxes.device))
+        device = flat_boxes.device
+        image_index = torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
         tokens = self.region_encoder(
             flat_boxes,
             primary_levels=primary_levels,
