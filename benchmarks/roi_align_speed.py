@@ -131,16 +131,16 @@ def measure_hfre(args, generator) -> list[str]:
     ):
         with torch.no_grad():
             difference = (before(inputs) - now(inputs)).abs().max().item()
-            forward = [timed(lambda f=f: f(inputs), args.repeats, args.device) for f in (before, now)]
+            forward = [timed(lambda f=f, x=inputs: f(x), args.repeats, args.device) for f in (before, now)]
         for m in inputs:
             m.requires_grad_(True)
 
-        def forward_backward(function):
-            function(inputs).sum().backward()
-            for m in inputs:
+        def forward_backward(function, maps):
+            function(maps).sum().backward()
+            for m in maps:
                 m.grad = None
 
-        both = [timed(lambda f=f: forward_backward(f), args.repeats, args.device) for f in (before, now)]
+        both = [timed(lambda f=f, x=inputs: forward_backward(f, x), args.repeats, args.device) for f in (before, now)]
         for m in inputs:
             m.requires_grad_(False)
         lines.append(

@@ -17,17 +17,21 @@ reported are medians: per variant the median step time over all timed steps of a
 the median over repeats of the FO1/plain ratio measured within the same repeat. The load average
 is printed before and after, since a shared CPU skews timings.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py --size demo --threads 1 --repeats 3
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_step.py --size demo --threads 1 --repeats 3 --breakdown
     python benchmarks/train_step.py --size small --device cuda --batch-size 16
+    python benchmarks/train_step.py --flops
 
 Prints tokens/s (non-padding tokens per second of forward + backward + optimizer step) per variant,
 the step-time ratio to the plain step (target for ``fo1``: <= 1.2) and the auxiliary encoder's
-share of the overhead.
+share of the overhead; with ``--breakdown`` also the DaViT, SimpleFP and the rest of the region
+encoder timed alone. ``--flops`` instead counts the FLOPs of one sample's step at the released
+model's size (Qwen2.5-VL-3B + DaViT-large), where this machine cannot time it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -192,14 +196,22 @@ def flop_counts(image_w: int, image_h: int, regions: int, text_tokens: int, aux_
     from vlmfo1.modeling.configuration_fo1 import florence2_large_davit_config
     from vlmfo1.modeling.region_encoder import SimpleFP, build_connector
 
+    def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                            _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+        # torch's own formula ignores `groups`, which overcounts the DaViT's depthwise convolutions
+        # by their channel count. Each of grad input / grad weight costs what the forward costs:
+        # 2 x (elements on the weight's output side) x (weight elements per output channel).
+        per_direction = 2 * math.prod(x_shape if transposed else grad_out_shape) * math.prod(w_shape[1:])
+        return per_direction * (int(output_mask[0]) + int(output_mask[1]))
+
     def counted(function) -> float:
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops})
         with counter:
             function()
         return counter.get_total_flops() / 1e12
 
-    vision = dict(hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, window_size=112,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    vision = {"hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
+              "window_size": 112, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
     grid_h, grid_w = image_h // 28 * 2, image_w // 28 * 2
     image_tokens = grid_h * grid_w // 4
     tokens = image_tokens + 2 * regions + text_tokens  # each region: <regionK> and its feature slot
@@ -216,9 +228,10 @@ def flop_counts(image_w: int, image_h: int, regions: int, text_tokens: int, aux_
     window_block = two_windows - one_window
     vit = (one_window - window_block) + 28 * window_block + 4 * (one_full - (one_window - window_block))
 
-    text = Qwen2_5_VLConfig(text_config=dict(
-        vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-        num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})).text_config
+    text = Qwen2_5_VLConfig(text_config={
+        "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+        "num_attention_heads": 16, "num_key_value_heads": 2,
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}).text_config
     with torch.device("meta"):
         language_model = Qwen2_5_VLTextModel._from_config(text, attn_implementation="eager")
         lm_head = torch.nn.Linear(2048, text.vocab_size, bias=False)
@@ -334,7 +347,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for variant in variants:
             command = [sys.executable, __file__, "--variant", variant] + forwarded
-            child = subprocess.run(command, capture_output=True, text=True)
+            child = subprocess.run(command, check=False, capture_output=True, text=True)
             if child.returncode != 0:
                 sys.exit(f"variant {variant} failed:\n{child.stderr}")
             runs[variant].append(json.loads(child.stdout.strip().splitlines()[-1]))

@@ -77,6 +77,16 @@ def test_channels_last_and_low_precision_inputs():
     torch.testing.assert_close(pooled, roi_align_mean(low.float(), rois, 7, 0.25).bfloat16(), rtol=0, atol=0)
 
 
+def test_autocast_does_not_lower_the_pooling_precision():
+    generator = torch.Generator().manual_seed(6)
+    maps = [torch.randn(2, 4, 24, 24, generator=generator), torch.randn(2, 8, 12, 12, generator=generator)]
+    rois = random_rois(generator, 10, 96, 96, 2).float()
+    expected = roi_align_mean(maps, rois, 7, 0.25)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = roi_align_mean(maps, rois, 7, 0.25)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+
+
 def test_no_boxes_and_boxes_outside_every_map():
     features = torch.randn(2, 3, 8, 8, requires_grad=True)
     empty = roi_align_mean([features, features[:, :2, ::2, ::2]], torch.zeros(0, 5), 7, 1.0)

@@ -15,7 +15,7 @@ the upsampled, concatenated DaViT map.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -152,22 +152,24 @@ def roi_align_mean(
         return torch.cat([m.reshape(-1)[:0].reshape(0, 1).expand(0, m.shape[1]) for m in maps], dim=1)
 
     height, width = reference.shape[2:]
-    y_axis, x_axis, count = _sampling_grid(rois, output_size, spatial_scale, sampling_ratio, aligned, height, width)
-    y_weight, x_weight = y_axis.per_box(), x_axis.per_box()  # [K, H], [K, W]
-    batch_index = rois[:, 0].long()
-    pooled = []
-    for feature_map in maps:
-        map_h, map_w = feature_map.shape[2:]
-        pooled.append(
-            _weighted_box_sums(
-                feature_map.to(compute_dtype),
-                batch_index,
-                y_weight if map_h == height else y_weight @ _resize_matrix(map_h, height, y_weight),
-                x_weight if map_w == width else x_weight @ _resize_matrix(map_w, width, x_weight),
+    # Pooling is specified in fp32: an enclosing autocast must not run the weight products in bf16.
+    with torch.autocast(reference.device.type, enabled=False):
+        y_axis, x_axis, count = _sampling_grid(rois, output_size, spatial_scale, sampling_ratio, aligned, height, width)
+        y_weight, x_weight = y_axis.per_box(), x_axis.per_box()  # [K, H], [K, W]
+        batch_index = rois[:, 0].long()
+        pooled = []
+        for feature_map in maps:
+            map_h, map_w = feature_map.shape[2:]
+            pooled.append(
+                _weighted_box_sums(
+                    feature_map.to(compute_dtype),
+                    batch_index,
+                    y_weight if map_h == height else y_weight @ _resize_matrix(map_h, height, y_weight),
+                    x_weight if map_w == width else x_weight @ _resize_matrix(map_w, width, x_weight),
+                )
             )
-        )
-    bins = output_size[0] * output_size[1]
-    mean = torch.cat(pooled, dim=1) / (count * bins)[:, None]
+        bins = output_size[0] * output_size[1]
+        mean = torch.cat(pooled, dim=1) / (count * bins)[:, None]
     return mean.to(reference.dtype)
 
 
@@ -190,7 +192,7 @@ def _weighted_box_sums(
     boxes are laid out ragged (no padding to the largest box) as one ``embedding_bag`` over the
     map's cells as rows of a [N*H*W, C] table (a view of a channels_last map, else one copy).
     """
-    num_images, channels, height, width = input.shape
+    height, width = input.shape[2:]
     num_rois = batch_index.shape[0]
     first_y, band_y = _support(y_weight)
     first_x, band_x = _support(x_weight)
@@ -303,7 +305,7 @@ def _roi_align_torch(
     aligned: bool,
 ) -> torch.Tensor:
     pooled_h, pooled_w = output_size
-    num_images, channels, height, width = input.shape
+    channels, height, width = input.shape[1:]
     num_rois = rois.shape[0]
     if num_rois == 0:
         # An empty result that is still part of the graph, so backward() works and gives zeros.
@@ -343,7 +345,7 @@ def _sampling_grid(
     aligned: bool,
     height: int,
     width: int,
-) -> tuple["_AxisWeights", "_AxisWeights", torch.Tensor]:
+) -> tuple[_AxisWeights, _AxisWeights, torch.Tensor]:
     """The kernel's sample points of every box, per axis, and each box's samples per bin (``count``)."""
     pooled_h, pooled_w = output_size
     scale = torch.tensor(spatial_scale, dtype=rois.dtype, device=rois.device)
