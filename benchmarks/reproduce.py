@@ -865,6 +865,13 @@ def write_curve(rows: list[dict[str, Any]], out: Path, phase1_steps: int | None 
 def render_report(budget_: ReproBudget, tables: dict[str, Any], png: str | None, wall_seconds: float, machine: dict[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in tables["seeds"])
     spread = "mean ± sample std over seeds" if len(tables["seeds"]) > 1 else "one seed, no spread"
+    sections = [
+        ("table1", "Table 1 style: (a) coordinate generation vs (b) region retrieval, equal training budget"),
+        ("table8", "Table 8 style: HFRE ablations (FO1 stage 1 + 2 from the same base)"),
+        ("table9", "Table 9 style: SimpleFP on the primary branch (primary region feature only)"),
+        ("table7", "Table 7 style: image-level questions before and after training (forgetting)"),
+    ]
+    tables_markdown = [line for key, title in sections for line in (f"## {title}", "", tables[key]["markdown"], "")]
     lines = [
         f"# Reproduction on ShapeWorld: budget `{budget_.name}`, seeds {seeds}",
         "",
@@ -872,22 +879,7 @@ def render_report(budget_: ReproBudget, tables: dict[str, Any], png: str | None,
         (f"Wall time of this invocation {wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, "
          f"{machine['torch_threads']} torch threads)."),
         "",
-        "## Table 1 style: (a) coordinate generation vs (b) region retrieval, equal training budget",
-        "",
-        tables["table1"]["markdown"],
-        "",
-        "## Table 8 style: HFRE ablations (FO1 stage 1 + 2 from the same base)",
-        "",
-        tables["table8"]["markdown"],
-        "",
-        "## Table 9 style: SimpleFP on the primary branch (primary region feature only)",
-        "",
-        tables["table9"]["markdown"],
-        "",
-        "## Table 7 style: image-level questions before and after training (forgetting)",
-        "",
-        tables["table7"]["markdown"],
-        "",
+        *tables_markdown,
         "## mAP vs. training steps",
         "",
         f"`curve.csv`{' and `curve.png`' if png else ' (matplotlib is not installed: no plot, the data is in the CSV)'}.",

@@ -559,7 +559,7 @@ def _image_question(f: _Facts, kind: str):
             if len(options) == CHOICE_OPTIONS:
                 break
             phrase = f.absent_phrase()
-            if phrase is not None and (phrase.category, phrase.colour) not in seen and not f.matching(phrase):
+            if phrase is not None and (phrase.category, phrase.colour) not in seen:
                 options.append(phrase)
                 seen.add((phrase.category, phrase.colour))
         if len(options) < 2:
