@@ -46,6 +46,16 @@ def token_losses(model_dir: Path, records, image_root: Path) -> dict[str, float]
             ids = torch.cat([inputs["input_ids"], torch.tensor([answer])], 1)
             extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits
+            # Region tokens that all point one way carry nothing to retrieve by (see docs/training.md).
+            embeds = model.embed_inputs(ids, **{k: extra[k] for k in ("pixel_values", "image_grid_thw", "aux_pixel_values", "region_boxes")})
+            is_region = ids[0] == model.config.region_token_id
+            regions = embeds[0, is_region]
+            unit = torch.nn.functional.normalize(regions, dim=-1)
+            n = regions.shape[0]
+            if n > 1:
+                losses["region_cosine"].append(((unit @ unit.T).sum() - n).item() / (n * (n - 1)))
+            losses["region_norm"].append(regions.norm(dim=-1).mean().item())
+            losses["text_norm"].append(embeds[0, ~is_region & (ids[0] != model.config.vlm_config.image_token_id)].norm(dim=-1).mean().item())
             log_probs = logits[0, inputs["input_ids"].shape[1] - 1:-1].log_softmax(-1)
             for position, token in enumerate(answer):
                 name = tokenizer.convert_ids_to_tokens(token)
@@ -84,6 +94,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--train", default="vision,image_projector,llm,aux_encoder,region_encoder,connector",
                         help="parameter groups that train (vlmfo1.training.stages.GROUPS)")
+    parser.add_argument("--group-lr", default="",
+                        help="learning rates of single groups, e.g. connector=1e-4,region_encoder=1e-4")
     parser.add_argument("--init-from", default=None, help="a model folder to start from (default: a random demo-size FO1)")
     parser.add_argument("--rope-theta", type=float, default=1e6)
     parser.add_argument("--eval-records", type=int, default=40)
@@ -113,7 +125,8 @@ def main() -> None:
              {"tiny": {"size": "demo", "tokenizer": str(BUNDLED), "aux_image_size": 192, "max_pixels": 224 * 224,
                        "rope_theta": args.rope_theta}})
     config = {
-        "stage": {"name": "probe", "train": args.train.split(",")},
+        "stage": {"name": "probe", "train": args.train.split(","),
+                  "learning_rates": {g: float(lr) for g, lr in (t.split("=") for t in args.group_lr.split(",") if t)}},
         "model": model,
         "data": {"train": [{"records": str(out / "train.fo1.jsonl"), "images": str(data)}], "shuffle_regions": True},
         "training": {"output_dir": str(out / "run"), "max_steps": args.steps, "learning_rate": args.lr,

@@ -113,6 +113,24 @@ def test_stage2_with_lora_trains_adapters_and_saves_a_merged_model(tokenizer, re
     assert not torch.equal(merged.region_encoder.connector[0].weight, region_before)
 
 
+@pytest.mark.parametrize("lora", [None, {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}])
+def test_a_group_learning_rate_sets_how_far_that_group_moves(tokenizer, records, tmp_path, lora):
+    # One Adam step moves each weight by about the learning rate (m / sqrt(v) = +-1 at step 1), so
+    # the largest change of a group's weights reads back the learning rate it trained with.
+    model, processor = make_model(tokenizer)
+    connector = model.region_encoder.connector[0].weight.detach().clone()
+    aux = model.aux_encoder.convs[0].conv.weight.detach().clone()
+    stage = {"name": "stage2", "train": ["aux_encoder", "region_encoder", "connector", "llm"],
+             "learning_rates": {"connector": 1e-4}, "lora": lora}
+    result = run_stage(model, processor, records, tmp_path, stage=stage, steps=1, weight_decay=0.0)
+    trained = FO1ForConditionalGeneration.from_pretrained(str(result.output_dir))
+    connector_step = (trained.region_encoder.connector[0].weight - connector).abs().max().item()
+    aux_step = (trained.aux_encoder.convs[0].conv.weight - aux).abs().max().item()
+    assert 0.5e-4 < connector_step < 1.5e-4
+    assert 0.5e-2 < aux_step < 1.5e-2  # the run's learning_rate, 1e-2
+    assert StageSpec.from_dict(stage).to_dict()["learning_rates"] == {"connector": 1e-4}
+
+
 def test_every_parameter_belongs_to_a_group(tokenizer):
     for overrides in ({}, {"use_aux_features": False}, {"use_simple_fp": False}):
         model, _ = make_model(tokenizer, **overrides)
@@ -129,6 +147,11 @@ def test_stage_specs_are_checked():
         StageSpec(train=["region_encoder"], lora={"r": 4})
     with pytest.raises(ValueError, match="unknown stage"):
         stage_spec(7)
+    with pytest.raises(ValueError, match="does not train"):
+        StageSpec(train=["llm"], learning_rates={"connector": 1e-4})
+    with pytest.raises(ValueError, match="positive"):
+        StageSpec(train=["connector"], learning_rates={"connector": -1.0})
+    assert StageSpec.from_dict({"train": ["connector"], "learning_rates": {"connector": "1e-4"}}).learning_rates == {"connector": 1e-4}
 
 
 def test_stage1_needs_to_know_where_the_new_rows_start(tokenizer):

@@ -15,7 +15,7 @@ group              parameters
 
 A stage names the groups it trains; everything else gets ``requires_grad=False``. Stage 1 also
 trains the embedding rows of the FO1 tokens (``new_token_rows``) while the rows of the base
-vocabulary stay bit-identical: a gradient hook zeroes their gradient, and `optimizer_groups` keeps
+vocabulary stay bit-identical: a gradient hook zeroes their gradient, and the trainer keeps
 the embedding matrix out of weight decay (AdamW's decay would otherwise shrink rows that get no
 gradient). With tied embeddings the same matrix is the LM head, so the output side of the new
 tokens trains too; with an untied head its new rows get the same treatment.
@@ -42,11 +42,21 @@ class StageSpec:
     # fresh, not when training resumes: the checkpoint's rows are loaded over them).
     init_new_token_rows: str | None = None  # None or "mean"
     lora: dict[str, Any] | None = None  # peft LoraConfig fields; LoRA on the LLM's linear layers
+    # Per-group learning rates over the run's `learning_rate` (as LLaVA's `mm_projector_lr`). With
+    # Adam every weight moves about lr per step whatever its gradient, so a wide-fan-in layer such as
+    # the connector (thousands of inputs) moves its output far faster than the LLM's layers do.
+    learning_rates: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [g for g in self.train if g not in GROUPS]
+        unknown = [g for g in (*self.train, *self.learning_rates) if g not in GROUPS]
         if unknown:
             raise ValueError(f"stage {self.name!r}: unknown parameter group(s) {unknown}; groups are {list(GROUPS)}")
+        untrained = [g for g in self.learning_rates if g not in self.train]
+        if untrained:
+            raise ValueError(f"stage {self.name!r}: learning_rates names group(s) {untrained} that the stage does not train")
+        bad = {g: lr for g, lr in self.learning_rates.items() if not (isinstance(lr, (int, float)) and lr > 0)}
+        if bad:
+            raise ValueError(f"stage {self.name!r}: learning rates must be positive numbers, got {bad}")
         if self.init_new_token_rows not in (None, "mean"):
             raise ValueError(f"stage {self.name!r}: init_new_token_rows must be null or 'mean', got {self.init_new_token_rows!r}")
         if self.lora is not None and "llm" not in self.train:
@@ -56,11 +66,13 @@ class StageSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StageSpec":
-        known = {"name", "train", "new_token_rows", "init_new_token_rows", "lora"}
+        known = {"name", "train", "new_token_rows", "init_new_token_rows", "lora", "learning_rates"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown stage field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**{**data, "train": list(data.get("train", []))})
+        return cls(**{**data, "train": list(data.get("train", [])),
+                      "learning_rates": {g: float(lr) if isinstance(lr, str) else lr
+                                         for g, lr in (data.get("learning_rates") or {}).items()}})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +81,7 @@ class StageSpec:
             "new_token_rows": self.new_token_rows,
             "init_new_token_rows": self.init_new_token_rows,
             "lora": self.lora,
+            "learning_rates": dict(self.learning_rates),
         }
 
 
@@ -97,15 +110,25 @@ def group_modules(model) -> dict[str, list[nn.Module]]:
     """The modules of each group (`GROUPS`) of an `FO1ForConditionalGeneration`."""
     head = model.vlm.lm_head
     llm = [model.language_model] + ([] if _is_tied(model) else [head])
-    region = [m for name, m in model.region_encoder.named_children() if name != "connector"]
+    # Under LoRA, peft's `modules_to_save` wraps the region encoder: its trainable copy lives beside
+    # the original, and attribute access reaches only the original.
+    encoders = _peft_copies(model.region_encoder)
+    region = [m for encoder in encoders for name, m in encoder.named_children() if name != "connector"]
     return {
         "vision": [model.visual],
         "image_projector": [model.image_projector],
         "llm": llm,
         "aux_encoder": [model.aux_encoder] if model.aux_encoder is not None else [],
         "region_encoder": region,
-        "connector": [model.region_encoder.connector],
+        "connector": [encoder.connector for encoder in encoders],
     }
+
+
+def _peft_copies(module: nn.Module) -> list[nn.Module]:
+    """`module`, or the original and trained copies when peft's ModulesToSaveWrapper wraps it."""
+    if hasattr(module, "original_module") and hasattr(module, "modules_to_save"):
+        return [module.original_module, *module.modules_to_save.values()]
+    return [module]
 
 
 def group_of_parameters(model) -> dict[str, str]:
@@ -195,25 +218,21 @@ def trainable_summary(model) -> dict[str, dict[str, int]]:
     return summary
 
 
-def optimizer_groups(model, weight_decay: float, masked_parameters: list[nn.Parameter] = ()) -> list[dict[str, Any]]:
-    """AdamW parameter groups: no decay for biases, norms and masked matrices (see module docstring)."""
-    masked_ids = {id(p) for p in masked_parameters}
-    decay, no_decay = [], []
+def optimizer_groups(model, base_lr: float, weight_decay: float, decaying: set[int],
+                     learning_rates: dict[str, float]) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters: one per (learning rate, decay) pair.
+    `decaying` holds the `id` of each parameter that decays; `learning_rates` overrides `base_lr`
+    per group (`GROUPS`)."""
+    groups = group_of_parameters(model)
+    buckets: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad or id(parameter) in seen:
             continue
         seen.add(id(parameter))
-        if id(parameter) in masked_ids or parameter.ndim < 2 or "norm" in name.lower():
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        lr = learning_rates.get(groups[name], base_lr)
+        buckets.setdefault((lr, weight_decay if id(parameter) in decaying else 0.0), []).append(parameter)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in buckets.items()]
 
 
 def apply_lora(model, lora: dict[str, Any], extra_trainable: list[str]):

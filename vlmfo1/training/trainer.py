@@ -44,7 +44,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from vlmfo1.training.collator import FO1Collator
 from vlmfo1.training.data import EpochSampler, FO1TrainingDataset, load_source
-from vlmfo1.training.stages import AppliedStage, apply_lora, apply_stage, stage_spec, trainable_summary
+from vlmfo1.training.stages import AppliedStage, apply_lora, apply_stage, optimizer_groups, stage_spec, trainable_summary
 
 logger = logging.getLogger(__name__)
 
@@ -361,12 +361,27 @@ def build_dataset(data_config: dict[str, Any], split: str, processor, seed: int)
 
 
 class FO1Trainer(Trainer):
-    """`transformers.Trainer` with FO1's two needs: masked embedding matrices never decay, and the
-    sample order is an `EpochSampler` (seeded, epoch-aware, replayed exactly on resume)."""
+    """`transformers.Trainer` with FO1's needs: masked embedding matrices never decay, parameter
+    groups may have learning rates of their own (the stage's `learning_rates`), and the sample order
+    is an `EpochSampler` (seeded, epoch-aware, replayed exactly on resume)."""
 
-    def __init__(self, *args, masked_parameters: Sequence[nn.Parameter] = (), **kwargs):
+    def __init__(self, *args, masked_parameters: Sequence[nn.Parameter] = (),
+                 group_learning_rates: dict[str, float] | None = None, **kwargs):
         self.masked_parameters = list(masked_parameters)
+        self.group_learning_rates = dict(group_learning_rates or {})
         super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.group_learning_rates:
+            opt_model = self.model if model is None else model
+            decay_names = set(self.get_decay_parameter_names(opt_model))
+            decaying = {id(p) for name, p in opt_model.named_parameters() if name in decay_names}
+            fo1 = opt_model.get_base_model() if hasattr(opt_model, "get_base_model") else opt_model  # peft
+            groups = optimizer_groups(fo1, self.args.learning_rate, self.args.weight_decay, decaying,
+                                      self.group_learning_rates)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         names = super().get_decay_parameter_names(model)
@@ -516,6 +531,7 @@ def train(
         processing_class=processor,
         callbacks=[history, *callbacks],
         masked_parameters=applied.masked_parameters,
+        group_learning_rates=spec.learning_rates,
     )
     checkpoint = _checkpoint_to_resume(resume, Path(args.output_dir))
     output = trainer.train(resume_from_checkpoint=checkpoint)
