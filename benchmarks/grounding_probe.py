@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--text-lookup", type=int, default=0, help="train on this many text-only look-up records instead")
     parser.add_argument("--lookup-items", type=int, default=12, help="most items in a look-up list")
     parser.add_argument("--lookup-queries", type=int, default=3, help="most labels asked in a look-up question")
+    parser.add_argument("--lookup-keys", default="letters", choices=("letters", "regions"),
+                        help="look-up items keyed (A) (B) ... or by region tokens in FO1's detection grammar")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -108,7 +110,7 @@ def main() -> None:
     data = out / "data"
     tasks = {name: int(n) for name, n in (t.split(":") for t in args.tasks.split(","))}
     if args.text_lookup:
-        shape = dict(max_items=args.lookup_items, max_queries=args.lookup_queries)
+        shape = dict(max_items=args.lookup_items, max_queries=args.lookup_queries, keys=args.lookup_keys)
         records = lookup_records(args.text_lookup, seed=0, **shape)
         held_out = lookup_records(args.eval_records, seed=1, split="lookup-val", **shape)
     else:

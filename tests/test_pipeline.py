@@ -295,6 +295,19 @@ def test_a_missing_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
         FO1Pipeline.from_pretrained("shapeworld", proposer=None)
 
 
+def test_device_auto_takes_the_gpu_when_there_is_one(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pipeline = FO1Pipeline.from_pretrained("shapeworld", proposer=None, device="auto")
+    assert pipeline.model.device.type == "cpu"
+    moved = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, device, *a, **k: moved.append(device) or self)
+    FO1Pipeline.from_pretrained("shapeworld", proposer=None, device="auto")
+    assert moved == ["cuda"]
+
+
 def test_parse_categories():
     assert parse_categories("red circle, blue star;green square") == ["red circle", "blue star", "green square"]
     assert parse_categories(["a", " b "]) == ["a", "b"]

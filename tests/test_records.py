@@ -165,3 +165,7 @@ def test_text_only_records_have_no_image_tag_and_no_boxes(tmp_path):
         FO1Record.single_turn("t", None, "Find <region0>.", "none", bbox_list=[[0, 0, 1, 1]], score_list=[1.0]).validate()
     with pytest.raises(RecordError, match="or null"):
         FO1Record.single_turn("t", "", "Find stars.", "none").validate()
+    # Region tokens in a text-only record are keys its own text defines; the answer may name only those.
+    FO1Record.single_turn("t", None, "<region0> red star <region1> blue star\nFind red.", "<region0>").validate()
+    with pytest.raises(RecordError, match="names <region2>, which no earlier human turn"):
+        FO1Record.single_turn("t", None, "<region0> red star <region1> blue star\nFind red.", "<region2>").validate()

@@ -28,3 +28,32 @@ def test_lookup_answers_name_exactly_the_fitting_items():
 
 def test_lookup_records_are_seeded():
     assert lookup_records(5, seed=1) == lookup_records(5, seed=1) != lookup_records(5, seed=2)
+
+
+def test_region_keyed_lookup_is_detection_over_region_tokens():
+    from vlmfo1.data.records import FO1Record
+    from vlmfo1.parsing import parse_answer
+
+    records = lookup_records(300, seed=4, max_items=16, keys="regions")
+    multi = none = 0
+    for record in records:
+        record.validate()
+        listed, question = record.prompt.split("\n")
+        items = re.findall(r"<region(\d+)> (\w+) (\w+)", listed)
+        assert [int(k) for k, _, _ in items] == list(range(len(items))) and len(items) <= 16
+        labels = re.fullmatch(r"Please detect (.+) in this image\. Answer the question with object indexes\.", question)
+        assert labels is not None
+        expected = {}
+        for label in labels.group(1).split(", "):
+            *colour, shape = label.split()
+            assert shape in SHAPES and colour in ([], *[[c] for c in COLOURS])
+            fitting = [int(k) for k, c, s in items if s == shape and (not colour or c == colour[0])]
+            if fitting:
+                expected[label] = fitting
+        parsed = parse_answer(record.answer)
+        assert {g.label: [r.index for r in g.regions] for g in parsed.groups} == expected
+        assert (record.answer == "None") == (not expected)
+        none += not expected
+        multi += any(len(v) > 1 for v in expected.values())
+    assert multi > 50 and none > 20
+    assert isinstance(records[0], FO1Record) and records[0].image is None

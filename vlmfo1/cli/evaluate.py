@@ -48,7 +48,6 @@ def _run_command(task_name: str):
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip items already in the output's predictions file."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     ) -> None:
-        from vlmfo1.cli.infer import _device
         from vlmfo1.evaluation.runner import run_evaluation
 
         out_dir = out if out is not None else Path("vlmfo1-eval") / task_name
@@ -57,7 +56,7 @@ def _run_command(task_name: str):
                 task_name, data, model, out_dir=out_dir,
                 proposer=None if proposer.lower() == "none" else proposer, proposals=proposals, images=images,
                 split=split, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, score_mode=score,
-                device=_device(device), dtype=dtype, resume=resume, progress=progress,
+                device=device, dtype=dtype, resume=resume, progress=progress,
                 log=lambda message: typer.echo(message, err=True),
             )
         except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as error:

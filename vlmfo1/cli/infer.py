@@ -184,7 +184,7 @@ def _build_pipeline(settings: RunSettings):
         return FO1Pipeline.from_pretrained(
             settings.model,
             proposer=proposer,
-            device=_device(settings.device),
+            device=settings.device,
             dtype=settings.dtype,
             score=settings.score,
             batch_size=settings.batch_size,
@@ -192,14 +192,6 @@ def _build_pipeline(settings: RunSettings):
         )
     except (FileNotFoundError, ValueError, KeyError, ImportError) as error:
         _fail(str(error))
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _run_images(task: str, image: Path, args: dict[str, Any], settings: RunSettings) -> None:

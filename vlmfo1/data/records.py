@@ -158,6 +158,7 @@ def _validate_conversations(turns: Any, num_boxes: int, where: str, image_tags: 
     if not isinstance(turns, list) or len(turns) < 2:
         raise RecordError(f"{where}: conversations must be a list of at least one human and one gpt turn")
     expected_tags, image_tags = image_tags, 0
+    defined_in_text: set[int] = set()
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or set(turn) != {"from", "value"}:
             raise RecordError(f"{where}: turn {i} must be {{'from': ..., 'value': ...}}, got {turn!r}")
@@ -167,7 +168,16 @@ def _validate_conversations(turns: Any, num_boxes: int, where: str, image_tags: 
         if not isinstance(turn["value"], str):
             raise RecordError(f"{where}: turn {i} value must be a string")
         image_tags += turn["value"].count(prompts.IMAGE_TAG)
-        for index in map(int, _REGION_RE.findall(turn["value"])):
+        named = set(map(int, _REGION_RE.findall(turn["value"])))
+        if not expected_tags:
+            # Text-only: region tokens are plain tokens that the user's text itself defines (e.g. a
+            # look-up list keyed by them); an answer may name only those.
+            if expected == GPT and named - defined_in_text:
+                raise RecordError(f"{where}: turn {i} names <region{min(named - defined_in_text)}>, which no "
+                                  "earlier human turn of this text-only record defines")
+            defined_in_text |= named
+            continue
+        for index in sorted(named):
             if index >= num_boxes:
                 raise RecordError(f"{where}: turn {i} names <region{index}> but bbox_list has {num_boxes} boxes")
     if expected_tags and not turns[0]["value"].startswith(f"{prompts.IMAGE_TAG}\n"):

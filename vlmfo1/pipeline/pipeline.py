@@ -147,7 +147,8 @@ class FO1Pipeline:
         dtype: str | None = None,
         **kwargs,
     ) -> "FO1Pipeline":
-        """Loads a model folder (ours or upstream's layout) or a bundled model by name."""
+        """Loads a model folder (ours or upstream's layout) or a bundled model by name. `device`:
+        "cpu", "cuda", "cuda:1", ... or "auto" (the GPU when there is one)."""
         import torch
 
         from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
@@ -156,6 +157,8 @@ class FO1Pipeline:
         dtypes = {"auto": None, None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if dtype not in dtypes:
             raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         path = resolve_model_path(model)
         loaded = FO1ForConditionalGeneration.from_pretrained(path, **({"dtype": dtypes[dtype]} if dtypes[dtype] else {}))
         return cls(loaded.to(device), FO1Processor.from_pretrained(path), proposer=proposer, **kwargs)

@@ -10,12 +10,22 @@ or region tokens (no FO1 token appears in them)::
     Items: (A) red circle (B) blue star (C) red star. Find red shapes, star, green heart.
     -> red shapes: (A) (C); star: (B) (C); green heart: none
 
+With ``keys="regions"`` the same look-up takes FO1's own form: the items are keyed by region index
+tokens, the question is the detection prompt and the answer is in the grounding grammar, so the
+look-up is learned over the very tokens that detection names later (only the ``[R]`` region token
+is replaced by words)::
+
+    <region0> red circle <region1> blue star <region2> red star
+    Please detect star, green heart in this image. Answer the question with object indexes.
+    -> <ground>star</ground><objects><region1><region2></objects>
+
 Records are text-only (`image` null), so a training step on them costs no vision encoder.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from vlmfo1 import prompts
 from vlmfo1.data.records import FO1Record
 from vlmfo1.data.shapeworld.language import plural
 from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES
@@ -24,9 +34,17 @@ MARKERS = tuple(chr(ord("A") + k) for k in range(26))
 NONE_FOUND = "none"
 
 
+KEYS = ("letters", "regions")
+
+
 def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max_queries: int = 3,
-                  split: str = "lookup") -> FO1Record:
-    """One look-up question over a random item list (repeats made likely so labels fit several)."""
+                  split: str = "lookup", keys: str = "letters") -> FO1Record:
+    """One look-up question over a random item list (repeats made likely so labels fit several);
+    `keys` "letters" ((A) (B) ...) or "regions" (FO1's detection form, see the module docstring)."""
+    if keys not in KEYS:
+        raise ValueError(f"keys must be one of {KEYS}, got {keys!r}")
+    if keys == "regions" and max_items > prompts.MAX_REGIONS:
+        raise ValueError(f"at most {prompts.MAX_REGIONS} items can be keyed by region tokens, got max_items={max_items}")
     colours, shapes = list(COLOURS), list(SHAPES)
     n = int(rng.integers(2, max_items + 1))
     # A small palette per list makes shared colours and shapes (multi-item answers) common.
@@ -40,11 +58,16 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
             colour = str(rng.choice(colours if rng.random() < 0.15 else palette_c))
             shape = str(rng.choice(shapes if rng.random() < 0.15 else palette_s))
             kind = rng.random()
+            if keys == "regions":  # detection asks for a shape, with or without its colour
+                kind *= 0.8
             query = (colour, shape) if kind < 0.5 else ((None, shape) if kind < 0.8 else (colour, None))
             if query not in queries:
                 queries.append(query)
                 break
 
+    meta = {"items": [list(item) for item in items], "queries": [list(q) for q in queries]}
+    if keys == "regions":
+        return _region_keyed(index, split, items, queries, meta)
     listed = " ".join(f"({MARKERS[k]}) {colour} {shape}" for k, (colour, shape) in enumerate(items))
     labels, answers = [], []
     for colour, shape in queries:
@@ -56,11 +79,23 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
         answers.append(f"{label}: {found}")
     prompt = f"Items: {listed}. Find {', '.join(labels)}."
     return FO1Record.single_turn(
-        id=f"{split}-{index:06d}", image=None, prompt=prompt, answer="; ".join(answers), task="text_lookup",
-        meta={"items": [list(item) for item in items], "queries": [list(q) for q in queries]},
+        id=f"{split}-{index:06d}", image=None, prompt=prompt, answer="; ".join(answers), task="text_lookup", meta=meta,
     )
 
 
-def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3, split: str = "lookup") -> list[FO1Record]:
+def _region_keyed(index: int, split: str, items, queries, meta) -> FO1Record:
+    listed = " ".join(f"{prompts.region_token(k)} {colour} {shape}" for k, (colour, shape) in enumerate(items))
+    # Detection labels are singular ("red circle", "star"), as ShapeWorld's detection questions ask.
+    labels = [" ".join(w for w in query if w) for query in queries]
+    groups = [(label, [k for k, item in enumerate(items) if colour in (None, item[0]) and shape == item[1]])
+              for label, (colour, shape) in zip(labels, queries)]
+    return FO1Record.single_turn(
+        id=f"{split}-{index:06d}", image=None, prompt=f"{listed}\n{prompts.detection_prompt(labels)}",
+        answer=prompts.format_grounded_answer(groups), task="text_lookup", meta=meta,
+    )
+
+
+def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3, split: str = "lookup",
+                   keys: str = "letters") -> list[FO1Record]:
     rng = np.random.default_rng([seed, 7919])
-    return [lookup_record(rng, k, max_items, max_queries, split) for k in range(n)]
+    return [lookup_record(rng, k, max_items, max_queries, split, keys) for k in range(n)]
