@@ -205,21 +205,11 @@ def write_heldout(budget_: ReproBudget, folder: Path, log: Callable[[str], None]
 def write_training_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None]) -> None:
     """The recipe's training data (`make_data`: train split and stage files) plus the coordinate twin
     of every stage-1/2 records file (`stage{N}.coords.jsonl`: the same records, same order)."""
-    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
     from vlmfo1.training.recipes import make_data
 
     if all((data_dir / f"stage{n}.coords.jsonl").exists() for n in (1, 2)):
         return
-    make_data(recipe, data_dir, log)
-    # make_data writes no coordinate records; the same split is written again with them. Scenes are
-    # a function of (seed, split, index), so the FO1 records must come out byte for byte the same.
-    saved = json.loads((data_dir / "train.config.json").read_text())
-    fo1_file = data_dir / "train.fo1.jsonl"
-    before = fo1_file.read_bytes()
-    write_dataset(data_dir, n=saved["n"], seed=saved["seed"], split="train",
-                  config=ShapeWorldConfig.from_dict(saved["config"]), coordinates=True)
-    if fo1_file.read_bytes() != before:
-        raise RuntimeError(f"{fo1_file}: rewriting the train split with coordinates changed its FO1 records")
+    make_data(recipe, data_dir, log, coordinates=True)
     twins = {record.meta["fo1_id"]: record for record in read_records(data_dir / "train.coords.jsonl")}
     for number in (1, 2):
         stage_records = list(read_records(data_dir / f"stage{number}.fo1.jsonl"))

@@ -102,8 +102,10 @@ def all_tasks(recipe: DemoRecipe) -> dict[str, int]:
     return counts
 
 
-def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The ShapeWorld splits and one records file per stage (`stage{N}.fo1.jsonl`, same folder)."""
+def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = print,
+              coordinates: bool = False) -> dict[str, Any]:
+    """The ShapeWorld splits and one records file per stage (`stage{N}.fo1.jsonl`, same folder);
+    with `coordinates`, the train split's coordinate-answer twins too (`train.coords.jsonl`)."""
     from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
 
     # One process: generation takes seconds next to training, and worker processes would re-run a
@@ -111,7 +113,7 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     workers = 1
     train_config = ShapeWorldConfig.train(task_counts=all_tasks(recipe))
     train = write_dataset(data_dir, n=recipe.train_scenes, seed=recipe.seed, split="train", config=train_config,
-                          workers=workers, coordinates=False)
+                          workers=workers, coordinates=coordinates)
     log(f"data: train {train.images} scenes, records {train.records}")
     eval_config = ShapeWorldConfig.preset(recipe.eval_preset, task_counts={t: 1 for t in recipe.eval_tasks})
     held_out = write_dataset(data_dir, n=recipe.eval_scenes, seed=recipe.seed + 1, split=recipe.eval_split,
@@ -280,6 +282,7 @@ def evaluate_shapeworld(
     batch_size: int = 8,
     limit: int | None = None,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Held-out scores of a model folder on a ShapeWorld split, through the evaluation runner
     (`vlmfo1.evaluation.runner.run_evaluation`, task `shapeworld`; its files go to `out_dir`,
@@ -306,7 +309,7 @@ def evaluate_shapeworld(
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(out_dir) if out_dir is not None else Path(scratch)
         # A fresh run every time: the recipe retrains its model into the same folder.
-        run = run_evaluation("shapeworld", dataset, str(model_dir), out_dir=out, proposer=None,
+        run = run_evaluation("shapeworld", dataset, str(model_dir), out_dir=out, proposer=None, device=device,
                              batch_size=batch_size, max_new_tokens=max_new_tokens, resume=False, progress=False, log=log)
         answers = {key: record["answer"] for key, record in read_prediction_records(run["files"]["predictions"]).items()}
     seconds = run["run"]["seconds"]
