@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--lookup-queries", type=int, default=3, help="most labels asked in a look-up question")
     parser.add_argument("--lookup-keys", default="letters", choices=("letters", "regions"),
                         help="look-up items keyed (A) (B) ... or by region tokens in FO1's detection grammar")
+    parser.add_argument("--describe-share", type=float, default=0.0,
+                        help="with region keys: share of questions about one region (What shape is <region3>?)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -110,7 +112,8 @@ def main() -> None:
     data = out / "data"
     tasks = {name: int(n) for name, n in (t.split(":") for t in args.tasks.split(","))}
     if args.text_lookup:
-        shape = dict(max_items=args.lookup_items, max_queries=args.lookup_queries, keys=args.lookup_keys)
+        shape = dict(max_items=args.lookup_items, max_queries=args.lookup_queries, keys=args.lookup_keys,
+                     describe_share=args.describe_share)
         records = lookup_records(args.text_lookup, seed=0, **shape)
         held_out = lookup_records(args.eval_records, seed=1, split="lookup-val", **shape)
     else:

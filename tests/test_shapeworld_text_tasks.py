@@ -1,5 +1,7 @@
 import re
 
+import pytest
+
 from vlmfo1.data.shapeworld.text_tasks import MARKERS, NONE_FOUND, lookup_records
 from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES
 
@@ -57,3 +59,22 @@ def test_region_keyed_lookup_is_detection_over_region_tokens():
         multi += any(len(v) > 1 for v in expected.values())
     assert multi > 50 and none > 20
     assert isinstance(records[0], FO1Record) and records[0].image is None
+
+
+def test_region_keyed_lookup_asks_about_single_regions_at_the_describe_share():
+    records = lookup_records(400, seed=5, keys="regions", describe_share=0.5)
+    described = [r for r in records if "described" in r.meta]
+    assert 150 < len(described) < 250
+    kinds = set()
+    for record in described:
+        record.validate()
+        colour, shape = record.meta["items"][record.meta["described"]]
+        question = record.prompt.split("\n")[1]
+        region = f"<region{record.meta['described']}>"
+        expected = {f"What shape is {region}?": shape, f"What colour is {region}?": colour,
+                    f"Provide a brief description for {region}.": f"{colour} {shape}"}
+        assert expected[question] == record.answer
+        kinds.add(question.split()[1])
+    assert kinds == {"shape", "colour", "a"}
+    with pytest.raises(ValueError, match="keys='regions'"):
+        lookup_records(2, seed=0, describe_share=0.5)

@@ -19,6 +19,10 @@ is replaced by words)::
     Please detect star, green heart in this image. Answer the question with object indexes.
     -> <ground>star</ground><objects><region1><region2></objects>
 
+and, for a share of them (``describe_share``), the reverse look-up from key to content in the
+words of ShapeWorld's region questions: "What shape is <region1>?" -> "star", "What colour is
+<region1>?" -> "blue", "Provide a brief description for <region1>." -> "blue star".
+
 Records are text-only (`image` null), so a training step on them costs no vision encoder.
 """
 from __future__ import annotations
@@ -38,11 +42,13 @@ KEYS = ("letters", "regions")
 
 
 def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max_queries: int = 3,
-                  split: str = "lookup", keys: str = "letters") -> FO1Record:
+                  split: str = "lookup", keys: str = "letters", describe_share: float = 0.0) -> FO1Record:
     """One look-up question over a random item list (repeats made likely so labels fit several);
     `keys` "letters" ((A) (B) ...) or "regions" (FO1's detection form, see the module docstring)."""
     if keys not in KEYS:
         raise ValueError(f"keys must be one of {KEYS}, got {keys!r}")
+    if describe_share and keys != "regions":
+        raise ValueError("describe_share needs keys='regions'")
     if keys == "regions" and max_items > prompts.MAX_REGIONS:
         raise ValueError(f"at most {prompts.MAX_REGIONS} items can be keyed by region tokens, got max_items={max_items}")
     colours, shapes = list(COLOURS), list(SHAPES)
@@ -66,6 +72,8 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
                 break
 
     meta = {"items": [list(item) for item in items], "queries": [list(q) for q in queries]}
+    if keys == "regions" and rng.random() < describe_share:
+        return _describe_region(rng, index, split, items, meta)
     if keys == "regions":
         return _region_keyed(index, split, items, queries, meta)
     listed = " ".join(f"({MARKERS[k]}) {colour} {shape}" for k, (colour, shape) in enumerate(items))
@@ -95,7 +103,21 @@ def _region_keyed(index: int, split: str, items, queries, meta) -> FO1Record:
     )
 
 
+def _describe_region(rng: np.random.Generator, index: int, split: str, items, meta) -> FO1Record:
+    target = int(rng.integers(len(items)))
+    colour, shape = items[target]
+    region = prompts.region_token(target)
+    question, answer = [
+        (f"What shape is {region}?", shape),
+        (f"What colour is {region}?", colour),
+        (prompts.brief_caption_prompt(region), f"{colour} {shape}"),
+    ][int(rng.integers(3))]
+    listed = " ".join(f"{prompts.region_token(k)} {c} {s}" for k, (c, s) in enumerate(items))
+    return FO1Record.single_turn(id=f"{split}-{index:06d}", image=None, prompt=f"{listed}\n{question}", answer=answer,
+                                 task="text_lookup", meta={**meta, "described": target})
+
+
 def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3, split: str = "lookup",
-                   keys: str = "letters") -> list[FO1Record]:
+                   keys: str = "letters", describe_share: float = 0.0) -> list[FO1Record]:
     rng = np.random.default_rng([seed, 7919])
-    return [lookup_record(rng, k, max_items, max_queries, split, keys) for k in range(n)]
+    return [lookup_record(rng, k, max_items, max_queries, split, keys, describe_share) for k in range(n)]
