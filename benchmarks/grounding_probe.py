@@ -11,8 +11,16 @@ answer token (teacher forcing, so one wrong token does not spoil the rest):
     python benchmarks/grounding_probe.py --out runs/probe --tasks detection:3 --steps 300 --lr 3e-3
     python benchmarks/grounding_probe.py --out runs/probe-text --text-lookup 40000 --train llm --steps 600 --batch 16
 
+Region tokens also get two checks of what they carry: their mean pairwise cosine and norm next to
+the word embeddings' (tokens that all point one way carry nothing to retrieve by), and whether an
+object's colour and shape can be read from its token by a linear classifier (`decodable`, fitted on
+70 % of the held-out objects, scored on the rest, next to the majority-class rate).
+
 ``--text-lookup N`` trains on N text-only look-up records (`vlmfo1.data.shapeworld.text_tasks`)
-instead of scenes and reports their exact-match accuracy.
+instead of scenes and reports their exact-match accuracy. ``--evaluate MODEL`` only measures an
+existing model folder (the bundled one, a probe run, a recipe stage).
+
+Held-out scenes: 200 new scenes of the train preset (seed 1), one detection question each.
 """
 from __future__ import annotations
 
@@ -66,6 +74,82 @@ def token_losses(model_dir: Path, records, image_root: Path) -> dict[str, float]
     return {kind: round(sum(v) / len(v), 3) for kind, v in losses.items()}
 
 
+def decodable(model_dir: Path, heldout: Path) -> dict[str, list[float]]:
+    """Colour and shape of every held-out object, read from its region token (the connector output)
+    and from the HFRE features before the connector by a linear classifier: [accuracy, majority]."""
+    from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
+    from vlmfo1.processing.image_processing import load_image
+
+    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir)).eval()
+    processor = FO1Processor.from_pretrained(model_dir)
+    coco = json.loads((heldout / "val.coco.json").read_text())
+    objects = collections.defaultdict(list)
+    for annotation in coco["annotations"]:
+        objects[annotation["image_id"]].append(annotation)
+    captured: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
+    def capture(module, inputs, output) -> None:
+        captured["features"].append(inputs[0])
+        captured["tokens"].append(output)
+
+    hook = model.region_encoder.connector.register_forward_hook(capture)
+    colours, shapes = [], []
+    with torch.no_grad():
+        for image in coco["images"]:
+            found = objects[image["id"]]
+            if not found:
+                continue
+            boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in found)]
+            inputs = processor(images=[load_image(heldout / image["file_name"])], boxes=[boxes], text=["?"])
+            model.embed_inputs(inputs["input_ids"], inputs["pixel_values"], inputs["image_grid_thw"],
+                               inputs["aux_pixel_values"], inputs["region_boxes"])
+            colours += [a["attributes"]["colour"] for a in found]
+            shapes += [a["category_id"] for a in found]
+    hook.remove()
+    return {f"{name}_{kind}": linear_probe(torch.cat(captured[kind]).float(), labels)
+            for kind in ("tokens", "features") for name, labels in (("colour", colours), ("shape", shapes))}
+
+
+def linear_probe(x: torch.Tensor, labels: list) -> list[float]:
+    names = sorted(set(labels))
+    y = torch.tensor([names.index(label) for label in labels])
+    fit = torch.arange(len(y)) < int(0.7 * len(y))
+    x = (x - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+    weight = torch.zeros(x.shape[1], len(names), requires_grad=True)
+    bias = torch.zeros(len(names), requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
+    torch.manual_seed(0)
+    with torch.enable_grad():
+        for _ in range(300):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(x[fit] @ weight + bias, y[fit]) + 1e-3 * weight.square().sum()
+            loss.backward()
+            optimizer.step()
+    accuracy = ((x[~fit] @ weight + bias).argmax(-1) == y[~fit]).float().mean().item()
+    majority = max(collections.Counter(y[~fit].tolist()).values()) / int((~fit).sum())
+    return [round(accuracy, 3), round(majority, 3)]
+
+
+def chance_top1(records) -> float:
+    """Region top-1 of a uniform guess among each record's regions, over the answers' region tokens."""
+    guesses = [1 / len(r.bbox_list) for r in records for token in r.answer.split("<region")[1:]]
+    return round(sum(guesses) / len(guesses), 3)
+
+
+def heldout_split(folder: Path, scenes: int = 200) -> Path:
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+
+    if not (folder / "val.fo1.jsonl").exists():
+        write_dataset(folder, n=scenes, seed=1, split="val", config=ShapeWorldConfig.train(task_counts={"detection": 1}),
+                      workers=1, coordinates=False)
+    return folder
+
+
+def evaluate(model_dir: Path, heldout: Path) -> dict:
+    records = [r for r in read_records(heldout / "val.fo1.jsonl") if r.task != "rejection"]
+    return {"records": len(records), "region_top1_chance": chance_top1(records),
+            **token_losses(model_dir, records, heldout), "decodable": decodable(model_dir, heldout)}
+
+
 def lookup_accuracy(model_dir: Path, records) -> float:
     from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
 
@@ -102,14 +186,24 @@ def main() -> None:
                         help="learning rates of single groups, e.g. connector=1e-4,region_encoder=1e-4")
     parser.add_argument("--init-from", default=None, help="a model folder to start from (default: a random demo-size FO1)")
     parser.add_argument("--rope-theta", type=float, default=1e6)
-    parser.add_argument("--eval-records", type=int, default=40)
+    parser.add_argument("--eval-records", type=int, default=100, help="held-out look-up questions (--text-lookup)")
+    parser.add_argument("--data", type=Path, default=None, help="the training scenes' folder (default: OUT/data)")
+    parser.add_argument("--heldout", type=Path, default=None, help="the held-out scenes' folder (default: OUT/heldout)")
+    parser.add_argument("--evaluate", type=Path, default=None, help="only measure this model folder")
     args = parser.parse_args()
 
     from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
     from vlmfo1.data.shapeworld.text_tasks import lookup_records
 
     out = args.out
-    data = out / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    data = args.data or out / "data"
+    heldout = args.heldout or out / "heldout"
+    if args.evaluate:
+        report = {"model": str(args.evaluate), "held_out": evaluate(args.evaluate, heldout_split(heldout))}
+        (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return
     tasks = {name: int(n) for name, n in (t.split(":") for t in args.tasks.split(","))}
     if args.text_lookup:
         shape = dict(max_items=args.lookup_items, max_queries=args.lookup_queries, keys=args.lookup_keys,
@@ -117,14 +211,10 @@ def main() -> None:
         records = lookup_records(args.text_lookup, seed=0, **shape)
         held_out = lookup_records(args.eval_records, seed=1, split="lookup-val", **shape)
     else:
-        if not (data / "val.fo1.jsonl").exists():
+        if not (data / "train.fo1.jsonl").exists():
             write_dataset(data, n=args.scenes, seed=0, split="train", config=ShapeWorldConfig.train(task_counts=tasks),
                           workers=1, coordinates=False)
-            write_dataset(data, n=max(args.eval_records, 20), seed=1, split="val",
-                          config=ShapeWorldConfig.train(task_counts={t: 1 for t in tasks}), workers=1, coordinates=False)
         records = _take_tasks(list(read_records(data / "train.fo1.jsonl")), tasks)
-        held_out = [r for r in read_records(data / "val.fo1.jsonl") if r.task != "rejection"][: args.eval_records]
-    out.mkdir(parents=True, exist_ok=True)
     write_records(out / "train.fo1.jsonl", records)
     model = ({"init_from": args.init_from} if args.init_from else
              {"tiny": {"size": "demo", "tokenizer": str(BUNDLED), "aux_image_size": 192, "max_pixels": 224 * 224,
@@ -149,7 +239,7 @@ def main() -> None:
     if args.text_lookup:
         report["lookup_exact"] = lookup_accuracy(out / "run", held_out)
     else:
-        report["held_out_token_loss"] = token_losses(out / "run", held_out, data)
+        report["held_out"] = evaluate(out / "run", heldout_split(heldout))
     (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
