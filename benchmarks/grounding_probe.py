@@ -184,6 +184,8 @@ def main() -> None:
                         help="parameter groups that train (vlmfo1.training.stages.GROUPS)")
     parser.add_argument("--group-lr", default="",
                         help="learning rates of single groups, e.g. connector=1e-4,region_encoder=1e-4")
+    parser.add_argument("--regions-per-sample", type=int, default=None,
+                        help="keep the answer's regions + random others up to N (fewer distractors)")
     parser.add_argument("--init-from", default=None, help="a model folder to start from (default: a random demo-size FO1)")
     parser.add_argument("--rope-theta", type=float, default=1e6)
     parser.add_argument("--eval-records", type=int, default=100, help="held-out look-up questions (--text-lookup)")
@@ -223,7 +225,8 @@ def main() -> None:
         "stage": {"name": "probe", "train": args.train.split(","),
                   "learning_rates": {g: float(lr) for g, lr in (t.split("=") for t in args.group_lr.split(",") if t)}},
         "model": model,
-        "data": {"train": [{"records": str(out / "train.fo1.jsonl"), "images": str(data)}], "shuffle_regions": True},
+        "data": {"train": [{"records": str(out / "train.fo1.jsonl"), "images": str(data)}], "shuffle_regions": True,
+                 "regions_per_sample": args.regions_per_sample},
         "training": {"output_dir": str(out / "run"), "max_steps": args.steps, "learning_rate": args.lr,
                      "per_device_train_batch_size": args.batch, "warmup_steps": 0.05, "lr_scheduler_type": "cosine",
                      "weight_decay": 0.0, "logging_steps": 10, "save_steps": 10 ** 6, "report_to": "none", "seed": 0,

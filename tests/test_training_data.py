@@ -30,6 +30,7 @@ from vlmfo1.training.data import (
     ProposerSource,
     attach_proposals,
     encode_record,
+    keep_regions,
     load_source,
     match_ground_truth,
     rewrite_regions,
@@ -146,6 +147,30 @@ def test_shuffled_regions_keep_naming_the_same_boxes():
         assert named(shuffled) == named(record)
         orders.add(tuple(map(tuple, shuffled.bbox_list)))
     assert len(orders) > 1
+
+
+def test_keep_regions_keeps_every_named_region_and_fills_up_with_others(tmp_path, processor, image_dir):
+    boxes = [[10 * k, 0, 10 * k + 5, 5] for k in range(8)]
+    record = grounded_record(gt=boxes, answer=prompts.format_grounded_answer([("circle", [6, 2])]))
+    named = lambda r: sorted(tuple(r.bbox_list[int(i)]) for i in REGION.findall(r.answer))
+    kept_sets = set()
+    for seed in range(6):
+        kept = keep_regions(record, 3, np.random.default_rng(seed))
+        assert len(kept.bbox_list) == len(kept.score_list) == 3 and named(kept) == named(record)
+        assert [b for b in boxes if b in kept.bbox_list] == kept.bbox_list  # order kept
+        kept_sets.add(tuple(map(tuple, kept.bbox_list)))
+    assert len(kept_sets) > 1
+    # Named regions are never dropped, even past n; a short list is left alone.
+    assert named(keep_regions(record, 1, np.random.default_rng(0))) == named(record)
+    assert keep_regions(record, 8, np.random.default_rng(0)) == record
+    # Through the dataset (`data.regions_per_sample`), before the shuffle.
+    write_records(tmp_path / "r.jsonl", [record])
+    dataset = FO1TrainingDataset([load_source(tmp_path / "r.jsonl", images=image_dir)], processor,
+                                 shuffle_regions=True, regions_per_sample=4)
+    prepared, _ = dataset.prepared(0)
+    assert len(prepared.bbox_list) == 4 and named(prepared) == named(record)
+    with pytest.raises(ValueError, match="at least 1"):
+        FO1TrainingDataset([load_source(tmp_path / "r.jsonl", images=image_dir)], processor, regions_per_sample=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,6 +150,25 @@ def attach_proposals(
     return _with_regions(record, result.boxes, result.scores, result.gt_to_region), result
 
 
+def keep_regions(record: FO1Record, n: int, rng: np.random.Generator) -> FO1Record:
+    """The record with at most `n` regions: every region its conversation names (these may exceed
+    `n`), then randomly chosen others; kept boxes keep their order and the answers are rewritten.
+    Fewer unnamed regions make a retrieval question easier (a curriculum knob): the answers stay
+    right because a region that fits the question is always named by the answer."""
+    total = len(record.bbox_list)
+    if total <= n:
+        return record
+    named = sorted({int(k) for turn in record.conversations for k in _REGION_RE.findall(turn["value"])})
+    others = [k for k in range(total) if k not in set(named)]
+    extra = rng.choice(others, size=max(0, n - len(named)), replace=False).tolist() if others else []
+    kept = sorted(named + extra)
+    mapping = [-1] * total
+    for new, old in enumerate(kept):
+        mapping[old] = new
+    scores = [record.score_list[k] for k in kept] if record.score_list else []
+    return _with_regions(record, [record.bbox_list[k] for k in kept], scores, mapping)
+
+
 def shuffle_regions(record: FO1Record, rng: np.random.Generator) -> FO1Record:
     """The same record with its boxes in a random order and every `<regionK>` rewritten to follow."""
     n = len(record.bbox_list)
@@ -338,6 +357,7 @@ class FO1TrainingDataset(Dataset):
         max_regions: int = prompts.MAX_REGIONS,
         shuffle_regions: bool = False,
         max_length: int | None = None,
+        regions_per_sample: int | None = None,
     ):
         if not sources:
             raise ValueError("no record sources")
@@ -348,6 +368,9 @@ class FO1TrainingDataset(Dataset):
         self.max_regions = min(int(max_regions), processor.max_regions)
         self.shuffle_regions = bool(shuffle_regions)
         self.max_length = max_length
+        if regions_per_sample is not None and int(regions_per_sample) < 1:
+            raise ValueError(f"regions_per_sample must be at least 1, got {regions_per_sample}")
+        self.regions_per_sample = None if regions_per_sample is None else int(regions_per_sample)
         self.index: list[tuple[int, int]] = list(_source_index(self.sources, self.seed))
 
     def __len__(self) -> int:
@@ -370,7 +393,9 @@ class FO1TrainingDataset(Dataset):
         if source.proposals is not None:
             boxes, scores = source.proposals(record, image)
             record, _ = attach_proposals(record, boxes, scores, rng, self.iou_threshold, self.max_regions)
-        elif self.shuffle_regions and record.bbox_list:
+        if self.regions_per_sample is not None:
+            record = keep_regions(record, self.regions_per_sample, rng)
+        if source.proposals is None and self.shuffle_regions and record.bbox_list:
             record = shuffle_regions(record, rng)
         if len(record.bbox_list) > self.max_regions:
             raise ValueError(f"record {record.id!r}: {len(record.bbox_list)} boxes, the model holds {self.max_regions}")

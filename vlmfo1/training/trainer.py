@@ -17,6 +17,7 @@ config), bf16, gradient checkpointing and accumulation, checkpoints and resume, 
       iou_threshold: 0.5              # ground truth -> proposal matching
       max_regions: 100
       shuffle_regions: true           # also shuffle the regions of records used as they are
+      regions_per_sample: null        # N: keep the named regions + random others up to N (curriculum)
       max_length: 4096
     training:                         # any transformers.TrainingArguments field
       output_dir: runs/stage1
@@ -352,6 +353,7 @@ def build_dataset(data_config: dict[str, Any], split: str, processor, seed: int)
         max_regions=int(data_config.get("max_regions", processor.max_regions)),
         shuffle_regions=bool(data_config.get("shuffle_regions", False)),
         max_length=data_config.get("max_length"),
+        regions_per_sample=data_config.get("regions_per_sample"),
     )
 
 
