@@ -165,6 +165,26 @@ def lookup_accuracy(model_dir: Path, records) -> float:
     return right / len(records)
 
 
+def pretrain(args, data: Path, out: Path) -> tuple[str, dict]:
+    """Region pre-training of the start model (`--init-from` or a random demo-size FO1) into `out`."""
+    from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
+    from vlmfo1.training.region_pretraining import pretrain_region_features
+    from vlmfo1.training.tiny import init_tiny, save_model
+
+    if args.init_from:
+        model = FO1ForConditionalGeneration.from_pretrained(args.init_from)
+        processor = FO1Processor.from_pretrained(args.init_from)
+    else:
+        model, processor = init_tiny(None, size="demo", tokenizer=str(BUNDLED), aux_image_size=192,
+                                     max_pixels=224 * 224, rope_theta=args.rope_theta)
+    start = time.perf_counter()
+    history = pretrain_region_features(model, processor, data / "train.coco.json", data, steps=args.region_pretraining,
+                                       batch_size=args.batch, learning_rate=1e-3, log=lambda line: None)
+    save_model(model, processor, out)
+    return str(out), {"seconds": round(time.perf_counter() - start, 1),
+                      **{name: values[-5:] for name, values in history.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
@@ -191,7 +211,11 @@ def main() -> None:
     parser.add_argument("--eval-records", type=int, default=100, help="held-out look-up questions (--text-lookup)")
     parser.add_argument("--data", type=Path, default=None, help="the training scenes' folder (default: OUT/data)")
     parser.add_argument("--heldout", type=Path, default=None, help="the held-out scenes' folder (default: OUT/heldout)")
+    parser.add_argument("--heldout-scenes", type=int, default=200)
     parser.add_argument("--evaluate", type=Path, default=None, help="only measure this model folder")
+    parser.add_argument("--region-pretraining", type=int, default=0, metavar="STEPS",
+                        help="first pre-train the encoders on the training scenes' objects "
+                             "(vlmfo1.training.region_pretraining; model in OUT/pretrained); --steps 0 stops there")
     args = parser.parse_args()
 
     from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
@@ -202,7 +226,8 @@ def main() -> None:
     data = args.data or out / "data"
     heldout = args.heldout or out / "heldout"
     if args.evaluate:
-        report = {"model": str(args.evaluate), "held_out": evaluate(args.evaluate, heldout_split(heldout))}
+        held_out = evaluate(args.evaluate, heldout_split(heldout, args.heldout_scenes))
+        report = {"model": str(args.evaluate), "held_out": held_out}
         (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))
         return
@@ -218,6 +243,16 @@ def main() -> None:
                           workers=1, coordinates=False)
         records = _take_tasks(list(read_records(data / "train.fo1.jsonl")), tasks)
     write_records(out / "train.fo1.jsonl", records)
+    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+    if args.region_pretraining:
+        if args.text_lookup:
+            parser.error("--region-pretraining learns from scenes, not from --text-lookup records")
+        args.init_from, report["region_pretraining"] = pretrain(args, data, out / "pretrained")
+        if not args.steps:
+            report["held_out"] = evaluate(out / "pretrained", heldout_split(heldout, args.heldout_scenes))
+            (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+            print(json.dumps(report, indent=2))
+            return
     model = ({"init_from": args.init_from} if args.init_from else
              {"tiny": {"size": "demo", "tokenizer": str(BUNDLED), "aux_image_size": 192, "max_pixels": 224 * 224,
                        "rope_theta": args.rope_theta}})
@@ -236,13 +271,12 @@ def main() -> None:
     result = train(config, resume=None)
     seconds = time.perf_counter() - start
     losses = result.losses
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "train_seconds": round(seconds, 1),
-              "seconds_per_step": round(seconds / args.steps, 2),
-              "loss_first_last": [losses[0], losses[-1]] if losses else None}
+    report.update({"train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / args.steps, 2),
+                   "loss_first_last": [losses[0], losses[-1]] if losses else None})
     if args.text_lookup:
         report["lookup_exact"] = lookup_accuracy(out / "run", held_out)
     else:
-        report["held_out"] = evaluate(out / "run", heldout_split(heldout))
+        report["held_out"] = evaluate(out / "run", heldout_split(heldout, args.heldout_scenes))
     (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
