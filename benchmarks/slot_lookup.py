@@ -1,0 +1,148 @@
+"""Does the demo LLM learn retrieval over region slots? Look-up in FO1's exact layout, words in the slots.
+
+FO1 answers a detection question by finding the region token whose content fits the label and
+naming the index token before it: `<region0>[R]<region1>[R]...` -> `<region1>`. Whether a small
+LLM can learn that circuit is a question apart from the vision side, so here every slot `[R]`
+holds the sum of its item's word embeddings ("red circle" -> E(" red") + E(" circle")) instead of a
+region feature, and only the LLM trains. The records are the region-keyed look-up of
+`vlmfo1.data.shapeworld.text_tasks` (keys="regions"), the listed items moved into slots:
+
+    <region0>[R = red circle]<region1>[R = blue star]
+    Please detect blue star in this image. Answer the question with object indexes.
+    -> <ground>blue star</ground><objects><region1></objects>
+
+It reports the teacher-forced top-1 of the answers' region tokens on held-out lists, next to a
+uniform guess, every `--every` steps. An experiment, not part of the recipe (docs/training.md).
+
+    python benchmarks/slot_lookup.py --init-from MODEL --out runs/slots2 --items 2 --steps 1500 --lr 2e-3
+    python benchmarks/slot_lookup.py --init-from runs/slots2 --out runs/slots4 --items 4 --steps 800
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+BUNDLED = Path(__file__).resolve().parents[1] / "vlmfo1" / "assets" / "shapeworld-fo1"
+
+
+class SlotBatches:
+    """Left-padded batches of slot look-up records as (inputs_embeds, attention mask, positions, labels)."""
+
+    def __init__(self, model, processor):
+        self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
+        self.slot_id = model.config.region_token_id
+
+    def encode(self, record):
+        question = record.prompt.split("\n")[1]
+        items = record.meta["items"]
+        prompt = "".join(f"<region{k}><regionfeat>" for k in range(len(items))) + "\n" + question
+        prompt_ids = self.processor(text=[prompt])["input_ids"][0]
+        answer_ids = torch.tensor(self.tokenizer(record.answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
+        words = [self.tokenizer(f" {colour} {shape}", add_special_tokens=False)["input_ids"] for colour, shape in items]
+        return prompt_ids, answer_ids, words
+
+    def __call__(self, records):
+        encoded = [self.encode(r) for r in records]
+        length = max(len(p) + len(a) for p, a, _ in encoded)
+        shape = (len(encoded), length)
+        input_ids = torch.full(shape, self.tokenizer.pad_token_id)
+        labels = torch.full(shape, -100)
+        mask = torch.zeros(shape, dtype=torch.long)
+        for row, (prompt, answer, _) in enumerate(encoded):
+            start = length - len(prompt) - len(answer)
+            input_ids[row, start:] = torch.cat([prompt, answer])
+            mask[row, start:] = 1
+            labels[row, start + len(prompt):] = answer
+        embed = self.model.get_input_embeddings()
+        slots = torch.stack([embed(torch.tensor(w)).sum(0) for _, _, words in encoded for w in words])
+        inputs_embeds = embed(input_ids).masked_scatter((input_ids == self.slot_id)[..., None], slots)
+        positions, _ = self.model.get_rope_index(input_ids, None, mask)
+        return inputs_embeds, mask, positions, labels
+
+
+def region_top1(model, batches: SlotBatches, records, batch_size: int = 16) -> dict[str, float]:
+    tokenizer = batches.tokenizer
+    region_ids = torch.tensor([i for t, i in tokenizer.get_vocab().items() if t.startswith("<region") and t[7:-1].isdigit()])
+    right = total = 0
+    chance = 0.0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            inputs_embeds, mask, positions, labels = batches(chunk)
+            logits = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions).logits
+            predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+            is_region = torch.isin(target, region_ids)
+            right += int((predicted[is_region] == target[is_region]).sum())
+            total += int(is_region.sum())
+            chance += sum(1 / len(r.meta["items"]) for r, n in zip(chunk, is_region.sum(-1).tolist()) for _ in range(n))
+    model.train()
+    return {"top1": round(right / max(total, 1), 3), "chance": round(chance / max(total, 1), 3), "tokens": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--init-from", default=None, help="a model folder (default: a random demo-size FO1)")
+    parser.add_argument("--items", type=int, default=4, help="most items per list (at least 2)")
+    parser.add_argument("--queries", type=int, default=1, help="most labels per question")
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--every", type=int, default=100, help="held-out check every N steps (64 questions)")
+    parser.add_argument("--eval-records", type=int, default=160)
+    args = parser.parse_args()
+
+    from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
+    from vlmfo1.data.shapeworld.text_tasks import lookup_records
+    from vlmfo1.training.tiny import init_tiny, save_model
+
+    torch.manual_seed(0)
+    if args.init_from:
+        model = FO1ForConditionalGeneration.from_pretrained(args.init_from)
+        processor = FO1Processor.from_pretrained(args.init_from)
+    else:
+        model, processor = init_tiny(None, size="demo", tokenizer=str(BUNDLED), aux_image_size=192, max_pixels=224 * 224)
+    shape = dict(max_items=args.items, max_queries=args.queries, keys="regions")
+    train = lookup_records(args.steps * args.batch, seed=11, **shape)
+    held_out = lookup_records(args.eval_records, seed=12, split="val", **shape)
+    batches = SlotBatches(model, processor)
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "before": region_top1(model, batches, held_out)}
+    print("before", report["before"], flush=True)
+
+    model.requires_grad_(False)
+    model.language_model.requires_grad_(True)  # the embeddings too (tied LM head)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    warmup = 30
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
+    model.train()
+    start = time.perf_counter()
+    report["curve"] = []
+    for step in range(args.steps):
+        inputs_embeds, mask, positions, labels = batches(train[step * args.batch:(step + 1) * args.batch])
+        loss = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % args.every == 0:
+            check = region_top1(model, batches, held_out[:64])
+            report["curve"].append({"step": step + 1, "loss": round(loss.item(), 4), **check})
+            print(report["curve"][-1], flush=True)
+    report["train_seconds"] = round(time.perf_counter() - start, 1)
+    report["after"] = region_top1(model, batches, held_out)
+    save_model(model, processor, args.out)
+    (args.out / "slot_lookup.json").write_text(json.dumps(report, indent=2) + "\n")
+    print("after", report["after"], f"{report['train_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
