@@ -28,6 +28,8 @@ def test_only_the_encoders_learn_and_the_objects_get_classified(small_shapeworld
     model, processor = init_tiny(None, size="tiny", tokenizer=small_shapeworld_tokenizer, max_pixels=112 * 112,
                                  aux_image_size=64)
     before = {name: digest(p) for name, p in model.named_parameters()}
+    model.language_model.requires_grad_(False)  # a caller's own settings come back afterwards
+    model.eval()
     # Three scenes, a handful of objects: enough steps to fit them all.
     history = pretrain_region_features(model, processor, scenes / "train.coco.json", scenes, steps=60, batch_size=3,
                                        learning_rate=3e-3, log=lambda line: None)
@@ -40,7 +42,8 @@ def test_only_the_encoders_learn_and_the_objects_get_classified(small_shapeworld
             assert not changed, f"{name} ({groups[name]}) changed"
     trained = {groups[name] for name, p in model.named_parameters() if digest(p) != before[name]}
     assert trained == set(ENCODER_GROUPS)
-    assert all(p.requires_grad for p in model.parameters()) and not model.training
+    assert not any(p.requires_grad for p in model.language_model.parameters()) and not model.training
+    assert all(p.requires_grad for p in model.aux_encoder.parameters())
 
 
 def test_bad_coco_files_are_clear_errors(small_shapeworld_tokenizer, scenes, tmp_path):

@@ -57,7 +57,8 @@ def pretrain_region_features(
 ) -> dict[str, list[float]]:
     """Trains the encoder groups of `model` (in place) to classify the objects of a COCO file (its
     category, and each named key of the annotations' `attributes`) from their fused region features.
-    Returns the loss and the training accuracy per target, every tenth step."""
+    Which parameters require grad, and train/eval mode, are as they were afterwards. Returns the
+    loss and the training accuracy per target, every tenth step."""
     from vlmfo1.processing.image_processing import load_image
 
     coco = json.loads(Path(coco_file).read_text())
@@ -73,6 +74,8 @@ def pretrain_region_features(
     width = model.region_encoder.connector[0].in_features
     heads = nn.ModuleDict({name: nn.Linear(width, len(values)) for name, values in classes.items()})
     groups = group_of_parameters(model)
+    was_training = model.training
+    trainable_before = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     encoder = [p for name, p in model.named_parameters() if groups[name] in ENCODER_GROUPS]
     for parameter in encoder:
@@ -113,6 +116,7 @@ def pretrain_region_features(
                     + " ".join(f"{name} {value:.2f}" for name, value in right.items()))
     finally:
         hook.remove()
-        model.requires_grad_(True)
-        model.eval()
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(trainable_before[name])
+        model.train(was_training)
     return history

@@ -3,9 +3,9 @@
 FO1 answers by finding, among listed region tokens, those that fit a label and naming their index
 tokens. A real base VLM has long been able to do the text form of this ("(A) red circle (B) blue
 star ... which are stars?" -> "(B)"): it is in-context retrieval, learned in language
-pre-training. A model trained from scratch (the bundled demo) has no such pre-training, so its
-recipe starts with these records, which teach exactly that skill in text and nothing about images
-or region tokens (no FO1 token appears in them)::
+pre-training. A model trained from scratch (the bundled demo) has no such pre-training; these
+records teach that skill in text, with nothing about images (by default no FO1 token appears in
+them either)::
 
     Items: (A) red circle (B) blue star (C) red star. Find red shapes, star, green heart.
     -> red shapes: (A) (C); star: (B) (C); green heart: none
