@@ -192,6 +192,16 @@ def test_cli_runs_a_task_by_name_and_eval_score_of_its_predictions_gives_the_sam
     assert json.loads((tmp_path / "limited" / "metrics.json").read_text())["num_items"] == 2
 
 
+def test_every_task_alias_has_a_run_command_of_its_task(tmp_path):
+    from vlmfo1.evaluation.tasks import ALIASES
+
+    for alias, target in ALIASES.items():
+        shown = invoke("eval", alias, "--help")
+        assert shown.exit_code == 0 and f"(the {target} task)" in " ".join(shown.output.split()), alias
+    outcome = invoke("eval", "refcoco+", "--data", tmp_path / "refs", "--out", tmp_path / "out")
+    assert outcome.exit_code == 2 and "refcoco needs a split" in outcome.output
+
+
 def test_cli_reports_bad_settings_as_errors(scripted_dir, shapeworld, tmp_path):
     outcome = invoke("eval", "shapeworld", "--data", shapeworld, "--split", "val", "--model", tmp_path / "nothing",
                      "--out", tmp_path / "out")

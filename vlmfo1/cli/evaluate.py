@@ -25,8 +25,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
 
 
-def _run_command(task_name: str):
-    """The `vlmfo1 eval TASK` command of one task."""
+def _run_command(task_name: str, command: str | None = None):
+    """The `vlmfo1 eval TASK` command of one task (`command`: the name it is called by, e.g. an alias)."""
+    command = command or task_name
 
     def run_command(
         data: Path = typer.Option(..., "--data", help="The benchmark's annotation file or folder (as `eval score --gt` takes it)."),
@@ -38,7 +39,7 @@ def _run_command(task_name: str):
         proposals: Optional[Path] = typer.Option(None, "--proposals", help="Upstream's precomputed proposal JSONL (bbox_list/score_list per image id)."),
         images: Optional[Path] = typer.Option(None, "--images", help="Folder the annotation file's image names are relative to."),
         split: Optional[str] = typer.Option(None, "--split", help="Split (RefCOCO: val/testA/...; ShapeWorld: val; COCO-Text: val)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help=f"Output folder (default: vlmfo1-eval/{task_name})."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help=f"Output folder (default: vlmfo1-eval/{command})."),
         limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N items (a quick run)."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items per forward pass."),
         max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
@@ -50,7 +51,7 @@ def _run_command(task_name: str):
     ) -> None:
         from vlmfo1.evaluation.runner import run_evaluation
 
-        out_dir = out if out is not None else Path("vlmfo1-eval") / task_name
+        out_dir = out if out is not None else Path("vlmfo1-eval") / command
         try:
             report = run_evaluation(
                 task_name, data, model, out_dir=out_dir,
@@ -76,12 +77,15 @@ def _run_command(task_name: str):
         if answers["num_unknown_labels"]:
             typer.echo(f"warning: {answers['num_unknown_labels']} labels in the answers are not category names (dropped)", err=True)
 
-    run_command.__doc__ = f"Run a model on {task_name}: {TASKS[task_name].description}."
+    what = task_name if command == task_name else f"{command} (the {task_name} task)"
+    run_command.__doc__ = f"Run a model on {what}: {TASKS[task_name].description}."
     return run_command
 
 
 for _name in TASKS:
     eval_app.command(_name)(_run_command(_name))
+for _alias, _target in ALIASES.items():
+    eval_app.command(_alias)(_run_command(_target, _alias))
 
 
 @eval_app.command("score")
