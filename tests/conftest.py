@@ -40,3 +40,13 @@ def small_shapeworld_tokenizer():
     from vlmfo1.training.tiny import shapeworld_corpus, train_small_tokenizer
 
     return train_small_tokenizer(shapeworld_corpus(30), vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def serving_model_dir(tmp_path_factory):
+    """A tiny random FO1 with the real Qwen tokenizer, saved once per session (the serving tests share it)."""
+    from vlmfo1.training.tiny import init_tiny
+
+    path = tmp_path_factory.getbasetemp() / "serving-tiny-fo1"
+    init_tiny(path, size="tiny", tokenizer="qwen")
+    return path

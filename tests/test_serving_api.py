@@ -23,18 +23,7 @@ BOXES = [[10.0, 12.0, 50.0, 52.0], [70.0, 40.0, 120.0, 90.0], [5.0, 70.0, 40.0, 
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny random FO1 saved once per session (shared by the serving test modules)."""
-    from vlmfo1.training.tiny import init_tiny
-
-    path = tmp_path_factory.getbasetemp() / "serving-tiny-fo1"
-    if not (path / "config.json").is_file():
-        init_tiny(path, size="tiny", tokenizer="qwen")
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipeline(tiny_model_dir):
+def pipeline(serving_model_dir):
     import torch
 
     from vlmfo1.pipeline import FO1Pipeline
@@ -43,7 +32,7 @@ def pipeline(tiny_model_dir):
     # tiny model gains nothing from more (on a busy 2-core machine, 2 threads were 10x slower).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield FO1Pipeline.from_pretrained(tiny_model_dir, proposer=None, max_new_tokens=12)
+    yield FO1Pipeline.from_pretrained(serving_model_dir, proposer=None, max_new_tokens=12)
     torch.set_num_threads(threads)
 
 

@@ -21,17 +21,7 @@ from vlmfo1.serving.limits import InvalidRequest, PayloadTooLarge, ServingLimits
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from vlmfo1.training.tiny import init_tiny
-
-    path = tmp_path_factory.getbasetemp() / "serving-tiny-fo1"
-    if not (path / "config.json").is_file():
-        init_tiny(path, size="tiny", tokenizer="qwen")
-    return path
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
+def engine(serving_model_dir):
     import torch
 
     from vlmfo1.pipeline import FO1Pipeline
@@ -39,7 +29,7 @@ def engine(tiny_model_dir):
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    pipeline = FO1Pipeline.from_pretrained(tiny_model_dir, proposer=None, max_new_tokens=8)
+    pipeline = FO1Pipeline.from_pretrained(serving_model_dir, proposer=None, max_new_tokens=8)
     engine = InferenceEngine(pipeline, model_name="tiny", limits=ServingLimits(max_image_pixels=100_000),
                              proposers={"contours": build_proposer("contours")}, default_proposer="contours")
     yield engine

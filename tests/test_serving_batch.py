@@ -150,24 +150,14 @@ def test_job_config_checks_the_task_text():
 
 
 # -- the worker, without Ray -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from vlmfo1.training.tiny import init_tiny
-
-    path = tmp_path_factory.getbasetemp() / "serving-tiny-fo1"
-    if not (path / "config.json").is_file():
-        init_tiny(path, size="tiny", tokenizer="qwen")
-    return path
-
-
-def test_predictor_answers_rows_and_reports_bad_images(tiny_model_dir, tmp_path):
+def test_predictor_answers_rows_and_reports_bad_images(serving_model_dir, tmp_path):
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         scene(0).save(tmp_path / "good.png")
-        predictor = BatchPredictor(BatchJobConfig("detect", text="circle", model=str(tiny_model_dir), proposer="contours",
+        predictor = BatchPredictor(BatchJobConfig("detect", text="circle", model=str(serving_model_dir), proposer="contours",
                                                   max_new_tokens=6, images_per_call=2))
         batch = {
             "id": np.array(["good", "bytes", "broken", "missing"], dtype=object),
@@ -196,12 +186,12 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_batch_resumes_without_duplicates_or_gaps(local_ray, tiny_model_dir, tmp_path):
+def test_ray_batch_resumes_without_duplicates_or_gaps(local_ray, serving_model_dir, tmp_path):
     folder = image_folder(tmp_path / "images", 6)
     (folder / "broken.png").write_bytes(b"not a png")
     inputs = read_inputs(folder)
     output = tmp_path / "results.jsonl"
-    config = BatchJobConfig("count", text="circle", model=str(tiny_model_dir), proposer="contours", max_new_tokens=4, images_per_call=4)
+    config = BatchJobConfig("count", text="circle", model=str(serving_model_dir), proposer="contours", max_new_tokens=4, images_per_call=4)
 
     first = run_batch_job(inputs, output, config, limit=3, progress=False)  # stopped part-way
     assert first.written == 3 and first.already_done == 0
@@ -226,12 +216,12 @@ def test_ray_batch_resumes_without_duplicates_or_gaps(local_ray, tiny_model_dir,
 
 
 @pytest.mark.slow
-def test_cli_batch_interrupted_by_a_signal_then_resumed(tiny_model_dir, tmp_path):
+def test_cli_batch_interrupted_by_a_signal_then_resumed(serving_model_dir, tmp_path):
     """A real interruption: SIGINT to `vlmfo1 batch` once it has written some rows, then the same command again."""
     folder = image_folder(tmp_path / "images", 24)
     output = tmp_path / "results.parquet"
     command = [sys.executable, "-m", "vlmfo1.cli.main", "batch", str(folder), str(output), "--task", "detect", "--text", "circle",
-               "--model", str(tiny_model_dir), "--proposer", "contours", "--max-new-tokens", "4", "--images-per-call", "1",
+               "--model", str(serving_model_dir), "--proposer", "contours", "--max-new-tokens", "4", "--images-per-call", "1",
                "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Ctrl+C's default action, whatever this test process inherited (a background job ignores SIGINT).
