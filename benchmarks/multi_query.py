@@ -19,13 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
 from vlmfo1.data.shapeworld import ShapeWorldConfig, generate_scene
 from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES
-from vlmfo1.modeling.factory import small_fo1_config
 from vlmfo1.pipeline import FO1Pipeline
-from vlmfo1.processing.image_processing import FO1ImageProcessor
-from vlmfo1.processing.tokenization import find_qwen_tokenizer_dir, load_fo1_tokenizer
+from vlmfo1.training.tiny import init_tiny
 
 
 def random_boxes(n: int, width: int, height: int, seed: int) -> list[list[float]]:
@@ -49,13 +46,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    tokenizer = load_fo1_tokenizer(find_qwen_tokenizer_dir())
-    processor = FO1Processor(
-        FO1ImageProcessor(min_pixels=56 * 56, max_pixels=args.image * args.image, aux_image_size=args.aux_size), tokenizer
-    )
-    config = small_fo1_config(args.size, tokenizer=tokenizer, aux_image_size=args.aux_size)
-    model = FO1ForConditionalGeneration(config).eval()
+    model, processor = init_tiny(None, size=args.size, tokenizer="qwen", max_pixels=args.image * args.image,
+                                 aux_image_size=args.aux_size, seed=0)
+    model.eval()
     scene = generate_scene(ShapeWorldConfig.train(image_size=(args.image, args.image)), index=0, seed=0, split="bench")
     image: Image.Image = scene.image
     boxes = random_boxes(args.regions, args.image, args.image, 0)
