@@ -39,12 +39,15 @@ from vlmfo1.training.trainer import train
 BUNDLED = Path(__file__).resolve().parents[1] / "vlmfo1" / "assets" / "shapeworld-fo1"
 
 
-def token_losses(model_dir: Path, records, image_root: Path) -> dict[str, float]:
+def load(model_dir: Path):
     from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
+
+    return FO1ForConditionalGeneration.from_pretrained(str(model_dir)).eval(), FO1Processor.from_pretrained(model_dir)
+
+
+def token_losses(model, processor, records, image_root: Path) -> dict[str, float]:
     from vlmfo1.processing.image_processing import load_image
 
-    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir)).eval()
-    processor = FO1Processor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
     losses: dict[str, list[float]] = collections.defaultdict(list)
     with torch.no_grad():
@@ -74,19 +77,17 @@ def token_losses(model_dir: Path, records, image_root: Path) -> dict[str, float]
     return {kind: round(sum(v) / len(v), 3) for kind, v in losses.items()}
 
 
-def decodable(model_dir: Path, heldout: Path) -> dict[str, list[float]]:
+def decodable(model, processor, heldout: Path) -> dict[str, list[float]]:
     """Colour and shape of every held-out object, read from its region token (the connector output)
     and from the HFRE features before the connector by a linear classifier: [accuracy, majority]."""
-    from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
     from vlmfo1.processing.image_processing import load_image
 
-    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir)).eval()
-    processor = FO1Processor.from_pretrained(model_dir)
     coco = json.loads((heldout / "val.coco.json").read_text())
     objects = collections.defaultdict(list)
     for annotation in coco["annotations"]:
         objects[annotation["image_id"]].append(annotation)
     captured: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
+
     def capture(module, inputs, output) -> None:
         captured["features"].append(inputs[0])
         captured["tokens"].append(output)
@@ -145,16 +146,14 @@ def heldout_split(folder: Path, scenes: int = 200) -> Path:
 
 
 def evaluate(model_dir: Path, heldout: Path) -> dict:
+    model, processor = load(model_dir)
     records = [r for r in read_records(heldout / "val.fo1.jsonl") if r.task != "rejection"]
     return {"records": len(records), "region_top1_chance": chance_top1(records),
-            **token_losses(model_dir, records, heldout), "decodable": decodable(model_dir, heldout)}
+            **token_losses(model, processor, records, heldout), "decodable": decodable(model, processor, heldout)}
 
 
 def lookup_accuracy(model_dir: Path, records) -> float:
-    from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
-
-    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir)).eval()
-    processor = FO1Processor.from_pretrained(model_dir)
+    model, processor = load(model_dir)
     right = 0
     for start in range(0, len(records), 16):
         batch = records[start:start + 16]
