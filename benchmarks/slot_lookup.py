@@ -36,6 +36,8 @@ class SlotBatches:
     def __init__(self, model, processor):
         self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
         self.slot_id = model.config.region_token_id
+        vocab = self.tokenizer.get_vocab()
+        self.region_ids = torch.tensor([i for t, i in vocab.items() if t.startswith("<region") and t[7:-1].isdigit()])
 
     def encode(self, record):
         question = record.prompt.split("\n")[1]
@@ -66,8 +68,6 @@ class SlotBatches:
 
 
 def region_top1(model, batches: SlotBatches, records, batch_size: int = 16) -> dict[str, float]:
-    tokenizer = batches.tokenizer
-    region_ids = torch.tensor([i for t, i in tokenizer.get_vocab().items() if t.startswith("<region") and t[7:-1].isdigit()])
     right = total = 0
     chance = 0.0
     model.eval()
@@ -77,7 +77,7 @@ def region_top1(model, batches: SlotBatches, records, batch_size: int = 16) -> d
             inputs_embeds, mask, positions, labels = batches(chunk)
             logits = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions).logits
             predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
-            is_region = torch.isin(target, region_ids)
+            is_region = torch.isin(target, batches.region_ids)
             right += int((predicted[is_region] == target[is_region]).sum())
             total += int(is_region.sum())
             chance += sum(1 / len(r.meta["items"]) for r, n in zip(chunk, is_region.sum(-1).tolist()) for _ in range(n))

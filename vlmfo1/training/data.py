@@ -158,10 +158,10 @@ def keep_regions(record: FO1Record, n: int, rng: np.random.Generator) -> FO1Reco
     total = len(record.bbox_list)
     if total <= n:
         return record
-    named = sorted({int(k) for turn in record.conversations for k in _REGION_RE.findall(turn["value"])})
-    others = [k for k in range(total) if k not in set(named)]
+    named = {int(k) for turn in record.conversations for k in _REGION_RE.findall(turn["value"])}
+    others = [k for k in range(total) if k not in named]
     extra = rng.choice(others, size=max(0, n - len(named)), replace=False).tolist() if others else []
-    kept = sorted(named + extra)
+    kept = sorted([*named, *extra])
     mapping = [-1] * total
     for new, old in enumerate(kept):
         mapping[old] = new
