@@ -96,20 +96,28 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--every", type=int, default=100, help="held-out check every N steps (64 questions)")
     parser.add_argument("--eval-records", type=int, default=160)
+    parser.add_argument("--describe-share", type=float, default=0.0,
+                        help="share of training questions that ask the reverse way (What shape is <regionK>?)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and training-list seed")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
 
     from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
     from vlmfo1.data.shapeworld.text_tasks import lookup_records
     from vlmfo1.training.tiny import init_tiny, save_model
 
-    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     if args.init_from:
         model = FO1ForConditionalGeneration.from_pretrained(args.init_from)
         processor = FO1Processor.from_pretrained(args.init_from)
     else:
         model, processor = init_tiny(None, size="demo", tokenizer=str(BUNDLED), aux_image_size=192, max_pixels=224 * 224)
     shape = dict(max_items=args.items, max_queries=args.queries, keys="regions")
-    train = lookup_records(args.steps * args.batch, seed=11, **shape)
+    train = lookup_records(args.steps * args.batch, seed=11 + 1000 * args.seed, describe_share=args.describe_share, **shape)
     held_out = lookup_records(args.eval_records, seed=12, split="val", **shape)
     batches = SlotBatches(model, processor)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "before": region_top1(model, batches, held_out)}
@@ -118,8 +126,8 @@ def main() -> None:
     model.requires_grad_(False)
     model.language_model.requires_grad_(True)  # the embeddings too (tied LM head)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
-    warmup = 30
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
+    warmup = args.warmup
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
     model.train()

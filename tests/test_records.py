@@ -167,5 +167,25 @@ def test_text_only_records_have_no_image_tag_and_no_boxes(tmp_path):
         FO1Record.single_turn("t", "", "Find stars.", "none").validate()
     # Region tokens in a text-only record are keys its own text defines; the answer may name only those.
     FO1Record.single_turn("t", None, "<region0> red star <region1> blue star\nFind red.", "<region0>").validate()
-    with pytest.raises(RecordError, match="names <region2>, which no earlier human turn"):
+    with pytest.raises(RecordError, match="names <region2>, which neither region_text nor an earlier human turn"):
         FO1Record.single_turn("t", None, "<region0> red star <region1> blue star\nFind red.", "<region2>").validate()
+
+
+def test_region_text_records_round_trip_and_define_their_regions(tmp_path):
+    record = FO1Record.single_turn("t", None, "Please detect blue star.", "<ground>blue star</ground><objects><region1></objects>",
+                                   region_text=["red circle", "blue star"])
+    record.validate()
+    assert record.to_dict()["region_text"] == ["red circle", "blue star"]
+    assert "region_text" not in FO1Record.single_turn("u", None, "Find stars.", "none").to_dict()  # files unchanged
+    write_records(tmp_path / "t.jsonl", [record])
+    assert list(read_records(tmp_path / "t.jsonl")) == [record]
+    with pytest.raises(RecordError, match="names <region2>, which neither region_text"):
+        FO1Record.single_turn("t", None, "Find it.", "<region2>", region_text=["red circle", "blue star"]).validate()
+    with pytest.raises(RecordError, match="region_text is for text-only records"):
+        FO1Record.single_turn("t", "a.png", "Find it.", "none", region_text=["red circle"]).validate()
+    with pytest.raises(RecordError, match="region_text 1 must be a non-empty string"):
+        FO1Record.single_turn("t", None, "Find it.", "none", region_text=["red circle", " "]).validate()
+    with pytest.raises(RecordError, match="at most 100 region tokens"):
+        FO1Record.single_turn("t", None, "Find it.", "none", region_text=["red"] * 101).validate()
+    with pytest.raises(RecordError, match="region_text must be a list"):
+        FO1Record.from_dict({**record.to_dict(), "region_text": "red circle"})

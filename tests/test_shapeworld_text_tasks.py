@@ -78,3 +78,34 @@ def test_region_keyed_lookup_asks_about_single_regions_at_the_describe_share():
     assert kinds == {"shape", "colour", "a"}
     with pytest.raises(ValueError, match="keys='regions'"):
         lookup_records(2, seed=0, describe_share=0.5)
+
+
+def test_repeat_records_ask_to_copy_words_and_region_tokens():
+    from vlmfo1.data.shapeworld.text_tasks import REPEAT_PROMPT, repeat_records
+
+    records = repeat_records(200, seed=1, min_words=2, max_words=5, region_share=0.3)
+    lengths, regions = set(), 0
+    for record in records:
+        assert record.image is None and record.task == "text_repeat"
+        assert record.prompt == f"{REPEAT_PROMPT} {record.answer}"
+        words = record.answer.split(" ")
+        lengths.add(len(words))
+        regions += sum(w.startswith("<region") for w in words)
+        assert all(w.startswith("<region") or w in COLOURS or w in SHAPES or w.isdigit() for w in words)
+    assert lengths == {2, 3, 4, 5}
+    assert 0.2 < regions / sum(len(r.answer.split(" ")) for r in records) < 0.4
+    assert repeat_records(3, seed=1) == repeat_records(3, seed=1) != repeat_records(3, seed=2)
+    with pytest.raises(ValueError, match="min_words"):
+        repeat_records(1, seed=0, min_words=4, max_words=2)
+
+
+def test_slot_keyed_lookup_moves_the_items_into_region_text():
+    regions = lookup_records(50, seed=6, keys="regions", describe_share=0.3)
+    slots = lookup_records(50, seed=6, keys="slots", describe_share=0.3)
+    for by_text, by_slot in zip(regions, slots):
+        listed, question = by_text.prompt.split("\n")
+        assert by_slot.prompt == question and by_slot.answer == by_text.answer
+        assert by_slot.region_text == [f"{c} {s}" for c, s in by_text.meta["items"]]
+        assert listed == " ".join(f"<region{k}> {t}" for k, t in enumerate(by_slot.region_text))
+        assert by_text.region_text == []
+        by_slot.validate()

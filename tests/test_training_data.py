@@ -446,3 +446,42 @@ def test_text_only_dataset_records_skip_image_loading(tmp_path, processor):
     dataset = FO1TrainingDataset([load_source(tmp_path / "text.jsonl")], processor, seed=0)
     sample = dataset[0]
     assert "pixel_values" not in sample and processor.tokenizer.decode(sample["input_ids"]).count("Items:") == 1
+
+
+def test_region_text_slots_hold_word_embedding_sums_beside_image_regions(processor, image_dir, tiny_model):
+    slots = lookup_records(1, seed=3, max_items=3, keys="slots", split="t")[0]
+    slots_sample = encode_record(slots, None, processor)
+    n = len(slots.region_text)
+    ids = slots_sample["input_ids"]
+    assert int((ids == processor.region_token_id).sum()) == n
+    assert processor.tokenizer.decode(ids).count("<region0><regionfeat>") == 1
+    assert [processor.tokenizer.decode(t).strip() for t in slots_sample["region_text_ids"]] == slots.region_text
+    image_sample = encode_record(grounded_record(rid="d2", image="c.png"), Image.open(image_dir / "c.png"), processor)
+    collate = FO1Collator(processor.tokenizer.pad_token_id)
+    mixed, image_alone = collate([image_sample, slots_sample]), collate([image_sample])
+    assert mixed["region_text_ids"].shape[:2] == (2, n) and bool((mixed["region_text_ids"][0] == -1).all())
+    embed = tiny_model.get_input_embeddings()
+    with torch.no_grad():
+        keys = ("input_ids", "pixel_values", "image_grid_thw", "aux_pixel_values", "region_boxes", "region_text_ids")
+        mixed_embeds = tiny_model.embed_inputs(*(mixed[k] for k in keys))
+        alone_embeds = tiny_model.embed_inputs(*(image_alone.get(k) for k in keys))
+        row = mixed["input_ids"][1] == processor.region_token_id
+        expected = torch.stack([embed(t).sum(0) for t in slots_sample["region_text_ids"]])
+        torch.testing.assert_close(mixed_embeds[1][row], expected)
+        length = image_sample["input_ids"].shape[0]
+        torch.testing.assert_close(mixed_embeds[0, :length], alone_embeds[0])  # image regions untouched
+        assert torch.isfinite(tiny_model(**mixed).loss)
+        # Text-only batches need no image at all.
+        assert torch.isfinite(tiny_model(**collate([slots_sample])).loss)
+        broken = dict(mixed, region_text_ids=mixed["region_text_ids"][:, :-1])
+        with pytest.raises(ValueError, match="region slots .* and region texts .* differ"):
+            tiny_model(**broken)
+    # The slots train the embeddings they are made of: a word that is nowhere else in the text.
+    batch = collate([slots_sample])
+    word = next(t for t in range(10, embed.num_embeddings) if t not in batch["input_ids"])
+    batch["region_text_ids"][0, 0] = -1
+    batch["region_text_ids"][0, 0, 0] = word
+    tiny_model.zero_grad()
+    tiny_model(**batch).loss.backward()
+    assert embed.weight.grad[word].abs().sum() > 0
+    tiny_model.zero_grad()

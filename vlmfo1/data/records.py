@@ -8,8 +8,12 @@ A record is one conversation about one image, with the proposal boxes its region
                        {"from": "gpt", "value": "<ground>red circle</ground><objects><region2></objects>"}],
      "meta": {...ground truth for scoring...}}
 
-`<regionK>` in any turn refers to ``bbox_list[K]``. `task` and `meta` are ours (upstream records have
-neither); reading a record without them gives ``task="unknown"`` and ``meta={}``. Any other key is an
+`<regionK>` in any turn refers to ``bbox_list[K]``. A text-only record (``"image": null``) may instead
+carry ``"region_text": ["red circle", "blue star", ...]``: its region tokens then stand for words, each
+region slot holding the sum of its words' embeddings (`vlmfo1.training` fills them). It is a
+curriculum device for models trained from scratch: the LLM learns to retrieve over region slots
+before any image region exists (docs/training.md). `task`, `meta` and `region_text` are ours (upstream
+records have none of them); reading a record without them gives ``task="unknown"`` and ``meta={}``. Any other key is an
 error rather than being dropped: a record that does not round-trip would lose data silently.
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ from vlmfo1 import prompts
 
 HUMAN, GPT = "human", "gpt"
 UNKNOWN_TASK = "unknown"
-_KEYS = ("id", "image", "task", "bbox_list", "score_list", "conversations", "meta")
+_KEYS = ("id", "image", "task", "bbox_list", "score_list", "conversations", "meta", "region_text")
 _REQUIRED_KEYS = ("id", "image", "conversations")  # "image": null makes a text-only record
 _REGION_RE = re.compile(r"<region(\d+)>")
 
@@ -44,6 +48,7 @@ class FO1Record:
     score_list: list[float] = field(default_factory=list)  # one per box
     task: str = UNKNOWN_TASK
     meta: dict[str, Any] = field(default_factory=dict)  # exact ground truth for scoring
+    region_text: list[str] = field(default_factory=list)  # text-only records: the words each region slot holds
 
     @classmethod
     def single_turn(
@@ -56,6 +61,7 @@ class FO1Record:
         score_list: list[float] | None = None,
         task: str = UNKNOWN_TASK,
         meta: dict[str, Any] | None = None,
+        region_text: list[str] | None = None,
     ) -> "FO1Record":
         """A one-question record; `prompt` is the task text without the image tag. The lists given
         are kept, not copied: records of one image may share their proposal lists."""
@@ -68,6 +74,7 @@ class FO1Record:
             ],
             bbox_list=bbox_list if bbox_list is not None else [],
             score_list=score_list if score_list is not None else [],
+            region_text=region_text if region_text is not None else [],
             task=task,
             meta=meta if meta is not None else {},
         )
@@ -91,6 +98,7 @@ class FO1Record:
             "score_list": self.score_list,
             "conversations": self.conversations,
             "meta": self.meta,
+            **({"region_text": self.region_text} if self.region_text else {}),
         }
 
     def to_json(self) -> str:
@@ -116,6 +124,7 @@ class FO1Record:
             score_list=data.get("score_list", []),
             task=data.get("task", UNKNOWN_TASK),
             meta=data.get("meta", {}),
+            region_text=data.get("region_text", []),
         )
         record.validate()
         return record
@@ -134,7 +143,21 @@ class FO1Record:
         if not isinstance(self.meta, dict):
             raise RecordError(f"{where}: meta must be an object, got {type(self.meta).__name__}")
         _validate_boxes(self.bbox_list, self.score_list, where)
-        _validate_conversations(self.conversations, len(self.bbox_list), where, image_tags=int(self.image is not None))
+        _validate_region_text(self.region_text, self.image, where)
+        _validate_conversations(self.conversations, len(self.bbox_list), where, image_tags=int(self.image is not None),
+                                text_regions=len(self.region_text))
+
+
+def _validate_region_text(region_text: Any, image: str | None, where: str) -> None:
+    if not isinstance(region_text, list):
+        raise RecordError(f"{where}: region_text must be a list of strings")
+    if region_text and image is not None:
+        raise RecordError(f"{where}: region_text is for text-only records (image null); an image record's regions are its boxes")
+    if len(region_text) > prompts.MAX_REGIONS:
+        raise RecordError(f"{where}: {len(region_text)} region texts, at most {prompts.MAX_REGIONS} region tokens exist")
+    for i, text in enumerate(region_text):
+        if not isinstance(text, str) or not text.strip():
+            raise RecordError(f"{where}: region_text {i} must be a non-empty string, got {text!r}")
 
 
 def _validate_boxes(boxes: Any, scores: Any, where: str) -> None:
@@ -154,11 +177,11 @@ def _validate_boxes(boxes: Any, scores: Any, where: str) -> None:
             raise RecordError(f"{where}: score {i} must be a finite number, got {score!r}")
 
 
-def _validate_conversations(turns: Any, num_boxes: int, where: str, image_tags: int = 1) -> None:
+def _validate_conversations(turns: Any, num_boxes: int, where: str, image_tags: int = 1, text_regions: int = 0) -> None:
     if not isinstance(turns, list) or len(turns) < 2:
         raise RecordError(f"{where}: conversations must be a list of at least one human and one gpt turn")
     expected_tags, image_tags = image_tags, 0
-    defined_in_text: set[int] = set()
+    defined_in_text: set[int] = set(range(text_regions))
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or set(turn) != {"from", "value"}:
             raise RecordError(f"{where}: turn {i} must be {{'from': ..., 'value': ...}}, got {turn!r}")
@@ -173,8 +196,8 @@ def _validate_conversations(turns: Any, num_boxes: int, where: str, image_tags: 
             # Text-only: region tokens are plain tokens that the user's text itself defines (e.g. a
             # look-up list keyed by them); an answer may name only those.
             if expected == GPT and named - defined_in_text:
-                raise RecordError(f"{where}: turn {i} names <region{min(named - defined_in_text)}>, which no "
-                                  "earlier human turn of this text-only record defines")
+                raise RecordError(f"{where}: turn {i} names <region{min(named - defined_in_text)}>, which neither "
+                                  "region_text nor an earlier human turn of this text-only record defines")
             defined_in_text |= named
             continue
         for index in sorted(named):

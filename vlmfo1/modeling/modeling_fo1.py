@@ -150,9 +150,8 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         return list(tokens.split(counts))
 
     # -- sequence ----------------------------------------------------------------------------
-    def _region_boxes_per_sample(self, input_ids: torch.Tensor, region_boxes) -> list[torch.Tensor]:
-        """The boxes of each sample, as many as it has placeholder tokens; validates counts."""
-        counts = (input_ids == self.config.region_token_id).sum(-1).tolist()
+    def _region_boxes_per_sample(self, counts: list[int], region_boxes) -> list[torch.Tensor]:
+        """The boxes of each sample, as many as it has placeholder tokens (`counts`); validates counts."""
         if region_boxes is None:
             region_boxes = [None] * len(counts)
         if len(region_boxes) != len(counts):
@@ -174,11 +173,15 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         image_grid_thw: torch.LongTensor | None = None,
         aux_pixel_values: torch.Tensor | None = None,
         region_boxes=None,
+        region_text_ids: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings with image tokens and region tokens written into their placeholders."""
         embed = self.get_input_embeddings()
         inputs_embeds = embed(input_ids)
         region_mask = input_ids == self.config.region_token_id
+        if region_text_ids is not None:
+            inputs_embeds = self._write_text_regions(inputs_embeds, region_mask, region_text_ids)
+            region_mask = region_mask & ~(region_text_ids >= 0).flatten(1).any(-1)[:, None]
         has_regions = bool(region_mask.any())
         if pixel_values is None:
             if has_regions:
@@ -196,7 +199,7 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         if not has_regions:
             return inputs_embeds
 
-        boxes = self._region_boxes_per_sample(input_ids, region_boxes)
+        boxes = self._region_boxes_per_sample(region_mask.sum(-1).tolist(), region_boxes)
         # Images belong, in order, to the samples that contain image tokens.
         samples_with_image = image_mask.any(-1).nonzero().flatten().tolist()
         image_of_sample = {s: k for k, s in enumerate(samples_with_image)}
@@ -219,6 +222,22 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         tokens = self.encode_regions(per_image_boxes, [primary_levels[k] for k in images_with_regions], aux_maps)
         flat_regions = torch.cat(tokens).to(inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(region_mask[..., None], flat_regions)
+
+    def _write_text_regions(self, inputs_embeds, region_mask, region_text_ids) -> torch.Tensor:
+        """Fills the region slots of the samples that have region texts ([B, R, W] ids, -1 padded) with
+        the sum of each text's token embeddings (`FO1Record.region_text`, a training curriculum)."""
+        if region_text_ids.dim() != 3 or region_text_ids.shape[0] != inputs_embeds.shape[0]:
+            raise ValueError(f"region_text_ids must be [batch, regions, words], got {tuple(region_text_ids.shape)}")
+        present = region_text_ids >= 0
+        texts_per_sample = present.any(-1).sum(-1)
+        has_texts = texts_per_sample > 0
+        slots = region_mask.sum(-1)
+        if bool((slots[has_texts] != texts_per_sample[has_texts]).any()):
+            raise ValueError(f"region slots {slots.tolist()} and region texts {texts_per_sample.tolist()} differ")
+        words = self.get_input_embeddings()(region_text_ids.clamp(min=0)) * present[..., None]
+        texts = words.sum(-2)[present.any(-1)]  # [texts in the batch, D], in sample then slot order
+        mask = region_mask & has_texts[:, None]
+        return inputs_embeds.masked_scatter(mask[..., None], texts.to(inputs_embeds.dtype))
 
     def get_rope_index(self, input_ids: torch.LongTensor, image_grid_thw, attention_mask=None):
         """M-RoPE positions [3, B, L] and deltas [B, 1]: the image 3-D, everything else (regions too) 1-D."""
@@ -254,6 +273,7 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         image_grid_thw: torch.LongTensor | None = None,
         aux_pixel_values: torch.Tensor | None = None,
         region_boxes=None,
+        region_text_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
@@ -262,12 +282,15 @@ class FO1ForConditionalGeneration(FO1PreTrainedModel, GenerationMixin):
         aux_pixel_values: [num_images, 3, S, S] auxiliary-encoder input.
         region_boxes: per sample, normalised xyxy boxes ([B, R, 4] padded tensor or a list of [n_i, 4]);
             sample i uses as many as it has region placeholder tokens.
+        region_text_ids: [B, R, W] token ids, -1 padded (training only, `FO1Record.region_text`): the
+            region slots of a sample with texts hold the sum of its texts' token embeddings instead.
         """
         kwargs.pop("mm_token_type_ids", None)  # recomputed from input_ids; kept only for generate()
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
-            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grid_thw, aux_pixel_values, region_boxes)
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grid_thw, aux_pixel_values, region_boxes,
+                                              region_text_ids)
             prefill = past_key_values is None or past_key_values.get_seq_length() == 0
             if position_ids is None and prefill:
                 # With no image this gives plain text positions; computing them here also replaces a

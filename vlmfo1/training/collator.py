@@ -48,4 +48,18 @@ class FO1Collator:
             batch["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in with_image])
             batch["aux_pixel_values"] = torch.cat([s["aux_pixel_values"] for s in with_image])
         batch["region_boxes"] = pad_boxes([s.get("region_boxes", torch.zeros(0, 4)) for s in samples])
+        if any("region_text_ids" in s for s in samples):
+            batch["region_text_ids"] = pad_region_text([s.get("region_text_ids", []) for s in samples])
         return batch
+
+
+def pad_region_text(per_sample: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """[B, R, W] token ids of each sample's region texts, -1 where there is no token (padding, and
+    every row of a sample without region texts)."""
+    regions = max((len(texts) for texts in per_sample), default=0)
+    words = max((len(ids) for texts in per_sample for ids in texts), default=0)
+    out = torch.full((len(per_sample), regions, words), -1, dtype=torch.long)
+    for row, texts in enumerate(per_sample):
+        for k, ids in enumerate(texts):
+            out[row, k, : len(ids)] = ids
+    return out

@@ -428,7 +428,11 @@ def _source_index(sources: Sequence[RecordSource], seed: int) -> Iterator[tuple[
 def encode_record(record: FO1Record, image, processor, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Token ids, labels (assistant tokens only) and pixel inputs of one record."""
     boxes = record.bbox_list if record.bbox_list else None
-    features = processor(images=image, boxes=boxes, messages=record_messages(record), add_generation_prompt=False)
+    messages = record_messages(record)
+    if record.region_text:
+        # Word-filled region slots sit where image regions would: at the start of the first user turn.
+        messages[0] = {**messages[0], "content": processor.region_prefix(len(record.region_text)) + "\n" + messages[0]["content"]}
+    features = processor(images=image, boxes=boxes, messages=messages, add_generation_prompt=False)
     input_ids = features["input_ids"][0]
     labels = features["labels"][0] if "labels" in features else torch.full_like(input_ids, -100)
     if max_length is not None and input_ids.shape[0] > max_length:
@@ -443,6 +447,11 @@ def encode_record(record: FO1Record, image, processor, max_length: int | None = 
         if key in features:
             sample[key] = features[key]
     sample["region_boxes"] = features["region_boxes"][0]
+    if record.region_text:
+        tokenizer = processor.tokenizer
+        # A leading space: the words as they appear inside a sentence, where the LLM meets them.
+        sample["region_text_ids"] = [torch.tensor(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+                                     for text in record.region_text]
     return sample
 
 

@@ -19,9 +19,19 @@ is replaced by words)::
     Please detect star, green heart in this image. Answer the question with object indexes.
     -> <ground>star</ground><objects><region1><region2></objects>
 
-and, for a share of them (``describe_share``), the reverse look-up from key to content in the
+With ``keys="slots"`` the items leave the text: each sits in a region slot as FO1 prints it
+(``<region0><regionfeat><region1><regionfeat>...``), the slot holding the sum of the item's word
+embeddings (the record's ``region_text``), so the prompt is exactly a detection prompt over regions.
+
+And, for a share of them (``describe_share``), the reverse look-up from key to content in the
 words of ShapeWorld's region questions: "What shape is <region1>?" -> "star", "What colour is
 <region1>?" -> "blue", "Provide a brief description for <region1>." -> "blue star".
+
+`repeat_records` are the simplest skill of all, copying: "Repeat: <region3> red star blue" ->
+"<region3> red star blue". A transformer learns to copy through induction heads, and the look-up
+grows out of the same heads; trained from scratch on look-ups alone, the demo LLM had not learned
+even to copy the asked label after 2000 steps, while 250 steps of repeats were enough to copy
+(docs/training.md).
 
 Records are text-only (`image` null), so a training step on them costs no vision encoder.
 """
@@ -38,7 +48,7 @@ MARKERS = tuple(chr(ord("A") + k) for k in range(26))
 NONE_FOUND = "none"
 
 
-KEYS = ("letters", "regions")
+KEYS = ("letters", "regions", "slots")
 
 
 def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max_queries: int = 3,
@@ -47,9 +57,9 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
     `keys` "letters" ((A) (B) ...) or "regions" (FO1's detection form, see the module docstring)."""
     if keys not in KEYS:
         raise ValueError(f"keys must be one of {KEYS}, got {keys!r}")
-    if describe_share and keys != "regions":
-        raise ValueError("describe_share needs keys='regions'")
-    if keys == "regions" and max_items > prompts.MAX_REGIONS:
+    if describe_share and keys == "letters":
+        raise ValueError("describe_share needs keys='regions' or 'slots'")
+    if keys != "letters" and max_items > prompts.MAX_REGIONS:
         raise ValueError(f"at most {prompts.MAX_REGIONS} items can be keyed by region tokens, got max_items={max_items}")
     colours, shapes = list(COLOURS), list(SHAPES)
     n = int(rng.integers(2, max_items + 1))
@@ -64,7 +74,7 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
             colour = str(rng.choice(colours if rng.random() < 0.15 else palette_c))
             shape = str(rng.choice(shapes if rng.random() < 0.15 else palette_s))
             kind = rng.random()
-            if keys == "regions":  # detection asks for a shape, with or without its colour
+            if keys != "letters":  # detection asks for a shape, with or without its colour
                 kind *= 0.8
             query = (colour, shape) if kind < 0.5 else ((None, shape) if kind < 0.8 else (colour, None))
             if query not in queries:
@@ -72,10 +82,10 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
                 break
 
     meta = {"items": [list(item) for item in items], "queries": [list(q) for q in queries]}
-    if keys == "regions" and rng.random() < describe_share:
-        return _describe_region(rng, index, split, items, meta)
-    if keys == "regions":
-        return _region_keyed(index, split, items, queries, meta)
+    if keys != "letters" and rng.random() < describe_share:
+        return _describe_region(rng, index, split, items, meta, slots=keys == "slots")
+    if keys != "letters":
+        return _region_keyed(index, split, items, queries, meta, slots=keys == "slots")
     listed = " ".join(f"({MARKERS[k]}) {colour} {shape}" for k, (colour, shape) in enumerate(items))
     labels, answers = [], []
     for colour, shape in queries:
@@ -91,19 +101,26 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
     )
 
 
-def _region_keyed(index: int, split: str, items, queries, meta) -> FO1Record:
-    listed = " ".join(f"{prompts.region_token(k)} {colour} {shape}" for k, (colour, shape) in enumerate(items))
+def _listing(items, slots: bool) -> tuple[str, list[str] | None]:
+    """The item list as the prompt's first line, or (slots) as region texts with no line at all."""
+    if slots:
+        return "", [f"{colour} {shape}" for colour, shape in items]
+    return " ".join(f"{prompts.region_token(k)} {colour} {shape}" for k, (colour, shape) in enumerate(items)) + "\n", None
+
+
+def _region_keyed(index: int, split: str, items, queries, meta, slots: bool) -> FO1Record:
+    listed, region_text = _listing(items, slots)
     # Detection labels are singular ("red circle", "star"), as ShapeWorld's detection questions ask.
     labels = [" ".join(w for w in query if w) for query in queries]
     groups = [(label, [k for k, item in enumerate(items) if colour in (None, item[0]) and shape == item[1]])
               for label, (colour, shape) in zip(labels, queries)]
     return FO1Record.single_turn(
-        id=f"{split}-{index:06d}", image=None, prompt=f"{listed}\n{prompts.detection_prompt(labels)}",
-        answer=prompts.format_grounded_answer(groups), task="text_lookup", meta=meta,
+        id=f"{split}-{index:06d}", image=None, prompt=f"{listed}{prompts.detection_prompt(labels)}",
+        answer=prompts.format_grounded_answer(groups), task="text_lookup", meta=meta, region_text=region_text,
     )
 
 
-def _describe_region(rng: np.random.Generator, index: int, split: str, items, meta) -> FO1Record:
+def _describe_region(rng: np.random.Generator, index: int, split: str, items, meta, slots: bool) -> FO1Record:
     target = int(rng.integers(len(items)))
     colour, shape = items[target]
     region = prompts.region_token(target)
@@ -112,12 +129,36 @@ def _describe_region(rng: np.random.Generator, index: int, split: str, items, me
         (f"What colour is {region}?", colour),
         (prompts.brief_caption_prompt(region), f"{colour} {shape}"),
     ][int(rng.integers(3))]
-    listed = " ".join(f"{prompts.region_token(k)} {c} {s}" for k, (c, s) in enumerate(items))
-    return FO1Record.single_turn(id=f"{split}-{index:06d}", image=None, prompt=f"{listed}\n{question}", answer=answer,
-                                 task="text_lookup", meta={**meta, "described": target})
+    listed, region_text = _listing(items, slots)
+    return FO1Record.single_turn(id=f"{split}-{index:06d}", image=None, prompt=f"{listed}{question}", answer=answer,
+                                 task="text_lookup", meta={**meta, "described": target}, region_text=region_text)
 
 
 def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3, split: str = "lookup",
                    keys: str = "letters", describe_share: float = 0.0) -> list[FO1Record]:
     rng = np.random.default_rng([seed, 7919])
     return [lookup_record(rng, k, max_items, max_queries, split, keys, describe_share) for k in range(n)]
+
+
+REPEAT_PROMPT = "Repeat:"
+
+
+def repeat_records(n: int, seed: int, min_words: int = 3, max_words: int = 12, region_share: float = 0.25,
+                   split: str = "repeat") -> list[FO1Record]:
+    """`n` copy questions: a random sequence of ShapeWorld words (colours, shapes, numbers) and, at
+    `region_share` of the positions, region index tokens, to be repeated verbatim."""
+    if not 1 <= min_words <= max_words:
+        raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+    if not 0.0 <= region_share <= 1.0:
+        raise ValueError(f"region_share must be in [0, 1], got {region_share}")
+    rng = np.random.default_rng([seed, 104729])
+    words = list(COLOURS) + list(SHAPES) + [str(k) for k in range(10)]
+    records = []
+    for index in range(n):
+        length = int(rng.integers(min_words, max_words + 1))
+        sequence = [prompts.region_token(int(rng.integers(prompts.MAX_REGIONS))) if rng.random() < region_share
+                    else str(rng.choice(words)) for _ in range(length)]
+        text = " ".join(sequence)
+        records.append(FO1Record.single_turn(id=f"{split}-{index:06d}", image=None, prompt=f"{REPEAT_PROMPT} {text}",
+                                             answer=text, task="text_repeat"))
+    return records
