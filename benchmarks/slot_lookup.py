@@ -4,8 +4,9 @@ FO1 answers a detection question by finding the region token whose content fits 
 naming the index token before it: `<region0>[R]<region1>[R]...` -> `<region1>`. Whether a small
 LLM can learn that circuit is a question apart from the vision side, so here every slot `[R]`
 holds the sum of its item's word embeddings ("red circle" -> E(" red") + E(" circle")) instead of a
-region feature, and only the LLM trains. The records are the region-keyed look-up of
-`vlmfo1.data.shapeworld.text_tasks` (keys="regions"), the listed items moved into slots:
+region feature, and only the LLM trains. The records are the slot-keyed look-up of
+`vlmfo1.data.shapeworld.text_tasks` (keys="slots", the items as each record's `region_text`), run
+through the trainer's own encoding and collation:
 
     <region0>[R = red circle]<region1>[R = blue star]
     Please detect blue star in this image. Answer the question with object indexes.
@@ -31,40 +32,22 @@ BUNDLED = Path(__file__).resolve().parents[1] / "vlmfo1" / "assets" / "shapeworl
 
 
 class SlotBatches:
-    """Left-padded batches of slot look-up records as (inputs_embeds, attention mask, positions, labels)."""
+    """Batches of slot look-up records (keys="slots") through the trainer's own path: `encode_record`
+    puts the region slots before the question and `FO1Collator` pads; the model fills each slot with
+    its `region_text` words' embedding sum."""
 
-    def __init__(self, model, processor):
-        self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
-        self.slot_id = model.config.region_token_id
-        vocab = self.tokenizer.get_vocab()
+    def __init__(self, processor):
+        from vlmfo1.training.collator import FO1Collator
+
+        self.processor = processor
+        vocab = processor.tokenizer.get_vocab()
         self.region_ids = torch.tensor([i for t, i in vocab.items() if t.startswith("<region") and t[7:-1].isdigit()])
+        self.collate = FO1Collator(processor.tokenizer.pad_token_id)
 
-    def encode(self, record):
-        question = record.prompt.split("\n")[1]
-        items = record.meta["items"]
-        prompt = "".join(f"<region{k}><regionfeat>" for k in range(len(items))) + "\n" + question
-        prompt_ids = self.processor(text=[prompt])["input_ids"][0]
-        answer_ids = torch.tensor(self.tokenizer(record.answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
-        words = [self.tokenizer(f" {colour} {shape}", add_special_tokens=False)["input_ids"] for colour, shape in items]
-        return prompt_ids, answer_ids, words
+    def __call__(self, records) -> dict[str, torch.Tensor]:
+        from vlmfo1.training.data import encode_record
 
-    def __call__(self, records):
-        encoded = [self.encode(r) for r in records]
-        length = max(len(p) + len(a) for p, a, _ in encoded)
-        shape = (len(encoded), length)
-        input_ids = torch.full(shape, self.tokenizer.pad_token_id)
-        labels = torch.full(shape, -100)
-        mask = torch.zeros(shape, dtype=torch.long)
-        for row, (prompt, answer, _) in enumerate(encoded):
-            start = length - len(prompt) - len(answer)
-            input_ids[row, start:] = torch.cat([prompt, answer])
-            mask[row, start:] = 1
-            labels[row, start + len(prompt):] = answer
-        embed = self.model.get_input_embeddings()
-        slots = torch.stack([embed(torch.tensor(w)).sum(0) for _, _, words in encoded for w in words])
-        inputs_embeds = embed(input_ids).masked_scatter((input_ids == self.slot_id)[..., None], slots)
-        positions, _ = self.model.get_rope_index(input_ids, None, mask)
-        return inputs_embeds, mask, positions, labels
+        return self.collate([encode_record(r, None, self.processor) for r in records])
 
 
 def region_top1(model, batches: SlotBatches, records, batch_size: int = 16) -> dict[str, float]:
@@ -74,8 +57,9 @@ def region_top1(model, batches: SlotBatches, records, batch_size: int = 16) -> d
     with torch.no_grad():
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
-            inputs_embeds, mask, positions, labels = batches(chunk)
-            logits = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions).logits
+            batch = batches(chunk)
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
             predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
             is_region = torch.isin(target, batches.region_ids)
             right += int((predicted[is_region] == target[is_region]).sum())
@@ -116,10 +100,10 @@ def main() -> None:
         processor = FO1Processor.from_pretrained(args.init_from)
     else:
         model, processor = init_tiny(None, size="demo", tokenizer=str(BUNDLED), aux_image_size=192, max_pixels=224 * 224)
-    shape = dict(max_items=args.items, max_queries=args.queries, keys="regions")
+    shape = dict(max_items=args.items, max_queries=args.queries, keys="slots")
     train = lookup_records(args.steps * args.batch, seed=11 + 1000 * args.seed, describe_share=args.describe_share, **shape)
     held_out = lookup_records(args.eval_records, seed=12, split="val", **shape)
-    batches = SlotBatches(model, processor)
+    batches = SlotBatches(processor)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "before": region_top1(model, batches, held_out)}
     print("before", report["before"], flush=True)
 
@@ -134,8 +118,7 @@ def main() -> None:
     start = time.perf_counter()
     report["curve"] = []
     for step in range(args.steps):
-        inputs_embeds, mask, positions, labels = batches(train[step * args.batch:(step + 1) * args.batch])
-        loss = model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions, labels=labels).loss
+        loss = model(**batches(train[step * args.batch:(step + 1) * args.batch])).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -78,3 +78,26 @@ def test_the_demo_recipe_runs_end_to_end_from_the_cli(tmp_path):
     assert set(report["wall_seconds"]) >= {"data", "tokenizer", "stage0", "stage1", "stage2", "eval", "total"}
     assert report["metrics"]["detection_map"]["images"] == 4 and report["metrics"]["counting"]["num_items"] == 4
     assert (tmp_path / "model" / "model.safetensors").exists() and not (tmp_path / "model" / "checkpoint-2").exists()
+
+
+def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_path):
+    from vlmfo1.data.records import read_records
+    from vlmfo1.training.recipes import DemoRecipe, StagePlan, make_data, stage_config
+    from vlmfo1.training.trainer import train
+
+    recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, lookup_max_items=3,
+                              stage0=StagePlan({}, steps=2, learning_rate=1e-3, batch_size=4,
+                                               text={"repeat": 3, "slot_lookup": 5}))
+    data = tmp_path / "data"
+    make_data(recipe, data, log=lambda _: None)
+    stage0 = list(read_records(data / "stage0.fo1.jsonl"))
+    assert [r.task for r in stage0] == ["text_repeat"] * 3 + ["text_lookup"] * 5
+    assert all(2 <= len(r.region_text) <= 3 for r in stage0[3:])
+    assert not any(r.task.startswith("text") for r in read_records(data / "stage1.fo1.jsonl"))
+    train_small_tokenizer(shapeworld_corpus(20), vocab_size=400).save_pretrained(str(tmp_path / "tokenizer"))
+    # Every batch holds slot records: a dropped `region_text_ids` would fail (slots without an image).
+    result = train(stage_config(recipe, 0, data, tmp_path / "stage0", None))
+    assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    with pytest.raises(ValueError, match="unknown text task"):
+        make_data(DemoRecipe.quick(stage0=StagePlan({}, steps=1, learning_rate=1e-3, text={"poems": 1})),
+                  tmp_path / "bad", log=lambda _: None)

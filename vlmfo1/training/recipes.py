@@ -45,6 +45,9 @@ REGION_TASKS_STAGE1 = {
 }
 
 
+TEXT_TASKS = ("repeat", "slot_lookup")
+
+
 @dataclass
 class StagePlan:
     tasks: dict[str, int]  # records per scene and task (ShapeWorld `task_counts`)
@@ -52,6 +55,10 @@ class StagePlan:
     learning_rate: float
     batch_size: int = 8
     warmup: float = 0.05  # share of the steps
+    # Text-only records mixed into the stage, by kind (TEXT_TASKS): "repeat" (copying) and
+    # "slot_lookup" (detection over word-filled region slots), the LLM skills a pre-trained base
+    # brings and a model trained from scratch must learn (`vlmfo1.data.shapeworld.text_tasks`).
+    text: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +79,8 @@ class DemoRecipe:
     stage2: StagePlan = field(
         default_factory=lambda: StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4)
     )
+    lookup_max_items: int = 6  # the most items in a slot look-up list
+    lookup_describe_share: float = 0.3  # share of slot look-ups asked the reverse way ("What shape is <region1>?")
     eval_tasks: tuple[str, ...] = ("detect_everything", "counting", "detection", "rec")
     max_new_tokens: int = 96
     eval_batch_size: int = 8
@@ -121,8 +130,25 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     log(f"data: {recipe.eval_split} {held_out.images} scenes, records {held_out.records}")
     records = list(read_records(data_dir / "train.fo1.jsonl"))
     for number, plan in enumerate((recipe.stage0, recipe.stage1, recipe.stage2)):
-        write_records(data_dir / f"stage{number}.fo1.jsonl", _take_tasks(records, plan.tasks))
+        text = text_records(recipe, plan.text, seed=recipe.seed * 10 + number)
+        write_records(data_dir / f"stage{number}.fo1.jsonl", _take_tasks(records, plan.tasks) + text)
     return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
+
+
+def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int) -> list[FO1Record]:
+    """The text-only records a stage plan asks for (`StagePlan.text`); the trainer shuffles them in."""
+    from vlmfo1.data.shapeworld.text_tasks import lookup_records, repeat_records
+
+    unknown = sorted(set(counts) - set(TEXT_TASKS))
+    if unknown:
+        raise ValueError(f"unknown text task(s) {unknown}; choose from {list(TEXT_TASKS)}")
+    records: list[FO1Record] = []
+    if counts.get("repeat"):
+        records += repeat_records(counts["repeat"], seed=seed, split=f"repeat{seed}")
+    if counts.get("slot_lookup"):
+        records += lookup_records(counts["slot_lookup"], seed=seed, max_items=recipe.lookup_max_items, max_queries=2,
+                                  split=f"slots{seed}", keys="slots", describe_share=recipe.lookup_describe_share)
+    return records
 
 
 def _take_tasks(records: Sequence[FO1Record], tasks: dict[str, int]) -> list[FO1Record]:
