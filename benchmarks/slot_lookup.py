@@ -69,6 +69,49 @@ def region_top1(model, batches: SlotBatches, records, batch_size: int = 16) -> d
     return {"top1": round(right / max(total, 1), 3), "chance": round(chance / max(total, 1), 3), "tokens": total}
 
 
+def train_llm(model, batches: SlotBatches, records, steps: int, lr: float, args, held_out=None) -> list[dict]:
+    """AdamW on the LLM alone (embeddings included), warmup then cosine; the held-out region top-1
+    every `args.every` steps when `held_out` is given."""
+    model.requires_grad_(False)
+    model.language_model.requires_grad_(True)  # the embeddings too (tied LM head)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    curve = []
+    for step in range(steps):
+        loss = model(**batches(records[step * args.batch:(step + 1) * args.batch])).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        if held_out is not None and (step + 1) % args.every == 0:
+            curve.append({"step": step + 1, "loss": round(loss.item(), 4), **region_top1(model, batches, held_out)})
+            print(curve[-1], flush=True)
+    return curve
+
+
+def copy_accuracy(model, batches: SlotBatches, records, batch_size: int = 16) -> dict[str, float]:
+    """Teacher-forced accuracy of repeated sequences, region index tokens and other tokens apart."""
+    right = {"region": 0, "word": 0}
+    total = {"region": 0, "word": 0}
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(records), batch_size):
+            batch = batches(records[start:start + batch_size])
+            labels = batch.pop("labels")
+            predicted, target = model(**batch).logits[:, :-1].argmax(-1), labels[:, 1:]
+            answer = target >= 0
+            is_region = torch.isin(target, batches.region_ids)
+            for kind, where in (("region", answer & is_region), ("word", answer & ~is_region)):
+                right[kind] += int((predicted[where] == target[where]).sum())
+                total[kind] += int(where.sum())
+    model.train()
+    return {kind: round(right[kind] / max(total[kind], 1), 3) for kind in right}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
@@ -85,11 +128,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation and training-list seed")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--repeat-steps", type=int, default=0,
+                        help="first train this many steps on repeat_records (copying words and region tokens)")
+    parser.add_argument("--region-row-scale", type=float, default=1.0,
+                        help="multiply the <regionK> embedding rows by this before training")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
 
     from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
-    from vlmfo1.data.shapeworld.text_tasks import lookup_records
+    from vlmfo1.data.shapeworld.text_tasks import lookup_records, repeat_records
     from vlmfo1.training.tiny import init_tiny, save_model
 
     if args.threads:
@@ -107,27 +154,20 @@ def main() -> None:
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "before": region_top1(model, batches, held_out)}
     print("before", report["before"], flush=True)
 
-    model.requires_grad_(False)
-    model.language_model.requires_grad_(True)  # the embeddings too (tied LM head)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
-    warmup = args.warmup
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
-    model.train()
+    if args.region_row_scale != 1.0:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[batches.region_ids] *= args.region_row_scale
+    if args.repeat_steps:
+        repeats = repeat_records(args.repeat_steps * args.batch, seed=21 + 1000 * args.seed)
+        repeat_held_out = repeat_records(args.eval_records, seed=22, split="val")
+        start = time.perf_counter()
+        train_llm(model, batches, repeats, args.repeat_steps, args.lr, args)
+        report["repeat"] = {"seconds": round(time.perf_counter() - start, 1),
+                            "copy": copy_accuracy(model, batches, repeat_held_out)}
+        print("repeat", report["repeat"], flush=True)
+
     start = time.perf_counter()
-    report["curve"] = []
-    for step in range(args.steps):
-        loss = model(**batches(train[step * args.batch:(step + 1) * args.batch])).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % args.every == 0:
-            check = region_top1(model, batches, held_out[:64])
-            report["curve"].append({"step": step + 1, "loss": round(loss.item(), 4), **check})
-            print(report["curve"][-1], flush=True)
+    report["curve"] = train_llm(model, batches, train, args.steps, args.lr, args, held_out=held_out[:64])
     report["train_seconds"] = round(time.perf_counter() - start, 1)
     report["after"] = region_top1(model, batches, held_out)
     save_model(model, processor, args.out)
