@@ -75,7 +75,9 @@ def test_the_demo_recipe_runs_end_to_end_from_the_cli(tmp_path):
     result = CliRunner().invoke(build_app(), ["train-demo", "--out", str(tmp_path), "--quick", "--threads", "1"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "recipe.json").read_text())
-    assert set(report["wall_seconds"]) >= {"data", "tokenizer", "stage0", "stage1", "stage2", "eval", "total"}
+    assert set(report["wall_seconds"]) >= {"data", "tokenizer", "language0", "stage0", "stage1", "stage2", "eval", "total"}
+    language = [json.loads(line)["task"] for line in (tmp_path / "data" / "language0.fo1.jsonl").read_text().splitlines()]
+    assert language == ["text_repeat"] * 2 + ["text_lookup"] * 2
     assert report["metrics"]["detection_map"]["images"] == 4 and report["metrics"]["counting"]["num_items"] == 4
     assert (tmp_path / "model" / "model.safetensors").exists() and not (tmp_path / "model" / "checkpoint-2").exists()
 
@@ -85,9 +87,9 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     from vlmfo1.training.recipes import DemoRecipe, StagePlan, make_data, stage_config
     from vlmfo1.training.trainer import train
 
-    recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, lookup_max_items=3,
+    recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, language=(),
                               stage0=StagePlan({}, steps=2, learning_rate=1e-3, batch_size=4,
-                                               text={"repeat": 3, "slot_lookup": 5}))
+                                               text={"repeat": 3, "slot_lookup": 5}, lookup_items=3))
     data = tmp_path / "data"
     make_data(recipe, data, log=lambda _: None)
     stage0 = list(read_records(data / "stage0.fo1.jsonl"))
@@ -98,6 +100,14 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     # Every batch holds slot records: a dropped `region_text_ids` would fail (slots without an image).
     result = train(stage_config(recipe, 0, data, tmp_path / "stage0", None))
     assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    # The recipe's stage 1 keeps the FO1 rows the earlier stages trained, and takes the plan's group rates.
+    stage1 = stage_config(DemoRecipe(), 1, data, tmp_path / "s1", tmp_path / "stage0")
+    assert stage1["stage"]["init_new_token_rows"] is None and stage1["stage"]["train"] == ["region_encoder", "connector"]
+    assert stage1["stage"]["learning_rates"] == {"connector": 1e-4}
+    language = stage_config(DemoRecipe(), "language1", data, tmp_path / "l1", None)
+    assert language["stage"]["train"] == ["llm"] and language["model"]["tiny"]["fo1_row_scale"] == 8.0
+    with pytest.raises(ValueError, match="no stage 'language7'"):
+        stage_config(DemoRecipe(), "language7", data, tmp_path / "l7", None)
     with pytest.raises(ValueError, match="unknown text task"):
         make_data(DemoRecipe.quick(stage0=StagePlan({}, steps=1, learning_rate=1e-3, text={"poems": 1})),
                   tmp_path / "bad", log=lambda _: None)

@@ -233,3 +233,15 @@ def test_two_processes_on_cpu_share_the_data(tokenizer, tmp_path):
     state = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["epoch"] == 2.0  # 4 records, 2 processes x batch 1: an epoch every 2 steps
     FO1ForConditionalGeneration.from_pretrained(str(tmp_path / "out"))
+
+
+def test_init_tiny_scales_only_the_fo1_rows(tokenizer):
+    plain, _ = init_tiny(None, size="tiny", tokenizer=tokenizer, aux_image_size=64, seed=3)
+    scaled, _ = init_tiny(None, size="tiny", tokenizer=tokenizer, aux_image_size=64, seed=3, fo1_row_scale=8.0)
+    first = first_fo1_token_id(tokenizer)
+    before, after = plain.get_input_embeddings().weight, scaled.get_input_embeddings().weight
+    torch.testing.assert_close(after[:first], before[:first], rtol=0, atol=0)
+    torch.testing.assert_close(after[first:], before[first:] * 8.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="fo1_row_scale"):
+            init_tiny(None, size="tiny", tokenizer=tokenizer, aux_image_size=64, fo1_row_scale=bad)

@@ -4,13 +4,20 @@ No small pre-trained VLM exists offline, so the recipe makes its own base VLM fi
 
 1. data: a ShapeWorld train split (the `train` preset) and a held-out split of new scenes;
 2. a byte-level BPE tokenizer trained on ShapeWorld text (Qwen's special tokens + the FO1 tokens);
-3. **stage 0** (stands in for the base VLM's pre-training): a random `demo`-size FO1 learns
-   image-level ShapeWorld questions ("Is there a blue square in this image?") with no regions;
-   ViT, merger and LLM train;
-4. **stage 1**: region-language alignment (the `stage1` preset's groups: region encoder, connector,
-   FO1 token rows; everything else frozen);
-5. **stage 2**: region tasks + image questions against forgetting (the `stage2` preset's groups);
-6. evaluation on the held-out split with `vlmfo1.evaluation`: COCO bbox mAP of the "detect
+   a random `demo`-size FO1 whose FO1 token rows start at 8x the random scale (`fo1_row_scale`);
+3. **language stages** (text only, the LLM alone; what a pre-trained LLM brings): copying
+   (`repeat_records`), then detection over 2 word-filled region slots (`lookup_records(keys="slots")`),
+   the curriculum step after which the look-up circuit forms;
+4. **stage 0** (stands in for the base VLM's pre-training): a random `demo`-size FO1 learns
+   image-level ShapeWorld questions ("Is there a blue square in this image?") with no regions,
+   mixed with slot look-ups of up to 6 items and copying so the language skills stay; ViT, merger
+   and LLM train;
+5. **stage 1**: region-language alignment (the `stage1` preset's groups: region encoder, connector,
+   FO1 token rows, the connector at 1e-4; everything else frozen). The FO1 rows keep what the
+   earlier stages taught them instead of the preset's reset to the mean;
+6. **stage 2**: region tasks + image questions against forgetting + slot look-ups (the `stage2`
+   preset's groups);
+7. evaluation on the held-out split with `vlmfo1.evaluation`: COCO bbox mAP of the "detect
    everything" answers (box = proposal box, score = proposal score), counting accuracy, and the
    ShapeWorld grounding scores of detection and REC.
 
@@ -34,6 +41,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from vlmfo1.data.records import FO1Record, read_records, write_records
+from vlmfo1.training.stages import STAGES, StageSpec
 
 REGION_TASKS_STAGE1 = {
     "detection": 3,
@@ -59,6 +67,8 @@ class StagePlan:
     # "slot_lookup" (detection over word-filled region slots), the LLM skills a pre-trained base
     # brings and a model trained from scratch must learn (`vlmfo1.data.shapeworld.text_tasks`).
     text: dict[str, int] = field(default_factory=dict)
+    lookup_items: int = 6  # the most items in this stage's slot look-up lists
+    learning_rates: dict[str, float] = field(default_factory=dict)  # per parameter group (StageSpec.learning_rates)
 
 
 @dataclass
@@ -74,12 +84,25 @@ class DemoRecipe:
     aux_image_size: int = 192
     max_pixels: int = 224 * 224
     threads: int | None = None
-    stage0: StagePlan = field(default_factory=lambda: StagePlan({"image_qa": 4}, steps=500, learning_rate=2e-3, batch_size=8))
-    stage1: StagePlan = field(default_factory=lambda: StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3))
-    stage2: StagePlan = field(
-        default_factory=lambda: StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4)
-    )
-    lookup_max_items: int = 6  # the most items in a slot look-up list
+    fo1_row_scale: float = 8.0  # `init_tiny`: FO1 token rows start 8x the random scale, so they can be copied
+    # Text-only stages before stage 0, the LLM alone: copying, then slot look-ups over 2 items, the
+    # curriculum step after which the look-up circuit forms (docs/training.md, session 4).
+    language: tuple[StagePlan, ...] = field(default_factory=lambda: (
+        StagePlan({}, steps=400, learning_rate=1e-3, batch_size=64, warmup=0.08, text={"repeat": 400 * 64}),
+        StagePlan({}, steps=800, learning_rate=1e-3, batch_size=64, warmup=0.04, text={"slot_lookup": 800 * 64},
+                  lookup_items=2),
+    ))
+    # Stage 0 keeps the language skills (slot look-ups up to 6 items, copying) while it learns images.
+    stage0: StagePlan = field(default_factory=lambda: StagePlan(
+        {"image_qa": 4}, steps=500, learning_rate=1e-3, batch_size=8,
+        text={"slot_lookup": 2000, "repeat": 500}, lookup_items=6))
+    # Stage 1: the LLM is frozen, so region tokens must move to where its look-up reads; the
+    # connector at a low rate keeps them apart (a high one collapsed them, session 3).
+    stage1: StagePlan = field(default_factory=lambda: StagePlan(
+        dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3, learning_rates={"connector": 1e-4}))
+    stage2: StagePlan = field(default_factory=lambda: StagePlan(
+        {**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4,
+        text={"slot_lookup": 1000}, learning_rates={"connector": 1e-4}))
     lookup_describe_share: float = 0.3  # share of slot look-ups asked the reverse way ("What shape is <region1>?")
     eval_tasks: tuple[str, ...] = ("detect_everything", "counting", "detection", "rec")
     max_new_tokens: int = 96
@@ -93,6 +116,8 @@ class DemoRecipe:
         """A few steps of everything: checks the recipe runs (tests), proves nothing about quality."""
         settings: dict[str, Any] = dict(
             size="tiny", train_scenes=12, eval_scenes=4, tokenizer_scenes=20, tokenizer_vocab=400,
+            language=(StagePlan({}, steps=2, learning_rate=1e-3, batch_size=2, text={"repeat": 2, "slot_lookup": 2},
+                                lookup_items=2),),
             stage0=StagePlan({"image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
             stage1=StagePlan({"detection": 1, "counting": 1}, steps=2, learning_rate=1e-3, batch_size=2),
             stage2=StagePlan({"detection": 1, "counting": 1, "image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
@@ -102,10 +127,16 @@ class DemoRecipe:
         return cls(**settings)
 
 
+def stage_plans(recipe: DemoRecipe) -> list[tuple[str, StagePlan]]:
+    """The recipe's stages in training order: language0, language1, ..., stage0, stage1, stage2."""
+    language = [(f"language{k}", plan) for k, plan in enumerate(recipe.language)]
+    return language + [("stage0", recipe.stage0), ("stage1", recipe.stage1), ("stage2", recipe.stage2)]
+
+
 def all_tasks(recipe: DemoRecipe) -> dict[str, int]:
     """Records per scene for the train split: the most any stage asks of each task."""
     counts: dict[str, int] = {}
-    for plan in (recipe.stage0, recipe.stage1, recipe.stage2):
+    for _, plan in stage_plans(recipe):
         for task, n in plan.tasks.items():
             counts[task] = max(counts.get(task, 0), n)
     return counts
@@ -129,13 +160,13 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
                              config=eval_config, workers=workers, coordinates=False)
     log(f"data: {recipe.eval_split} {held_out.images} scenes, records {held_out.records}")
     records = list(read_records(data_dir / "train.fo1.jsonl"))
-    for number, plan in enumerate((recipe.stage0, recipe.stage1, recipe.stage2)):
-        text = text_records(recipe, plan.text, seed=recipe.seed * 10 + number)
-        write_records(data_dir / f"stage{number}.fo1.jsonl", _take_tasks(records, plan.tasks) + text)
+    for number, (name, plan) in enumerate(stage_plans(recipe)):
+        text = text_records(recipe, plan.text, seed=recipe.seed * 100 + number, lookup_items=plan.lookup_items)
+        write_records(data_dir / f"{name}.fo1.jsonl", _take_tasks(records, plan.tasks) + text)
     return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
 
 
-def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int) -> list[FO1Record]:
+def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_items: int = 6) -> list[FO1Record]:
     """The text-only records a stage plan asks for (`StagePlan.text`); the trainer shuffles them in."""
     from vlmfo1.data.shapeworld.text_tasks import lookup_records, repeat_records
 
@@ -146,7 +177,7 @@ def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int) -> list[
     if counts.get("repeat"):
         records += repeat_records(counts["repeat"], seed=seed, split=f"repeat{seed}")
     if counts.get("slot_lookup"):
-        records += lookup_records(counts["slot_lookup"], seed=seed, max_items=recipe.lookup_max_items, max_queries=2,
+        records += lookup_records(counts["slot_lookup"], seed=seed, max_items=lookup_items, max_queries=2,
                                   split=f"slots{seed}", keys="slots", describe_share=recipe.lookup_describe_share)
     return records
 
@@ -164,20 +195,35 @@ def _take_tasks(records: Sequence[FO1Record], tasks: dict[str, int]) -> list[FO1
     return taken
 
 
-def stage_config(recipe: DemoRecipe, number: int, data_dir: Path, out_dir: Path, init_from: Path | None) -> dict[str, Any]:
-    from vlmfo1.training.stages import STAGES
+LANGUAGE_STAGE = StageSpec(name="language", train=["llm"])
 
-    plan = (recipe.stage0, recipe.stage1, recipe.stage2)[number]
+
+def stage_config(recipe: DemoRecipe, stage: int | str, data_dir: Path, out_dir: Path, init_from: Path | None) -> dict[str, Any]:
+    """The `vlmfo1 train` config of one recipe stage (0, 1, 2 or a name from `stage_plans`)."""
+    name = f"stage{stage}" if isinstance(stage, int) else stage
+    plans = dict(stage_plans(recipe))
+    if name not in plans:
+        raise ValueError(f"no stage {stage!r} in the recipe; it has {list(plans)}")
+    plan = plans[name]
+    if name.startswith("language"):
+        spec = LANGUAGE_STAGE
+    else:
+        spec = STAGES[name.removeprefix("stage")]
+    # The demo tokenizer has the FO1 tokens from the start and the earlier stages trained their rows
+    # (the look-up names them), so stage 1 keeps them: resetting all 100 region rows to one mean
+    # would make them indistinguishable, and a frozen LLM could not tell the regions apart again.
+    spec = dataclasses.replace(spec, init_new_token_rows=None, learning_rates=dict(plan.learning_rates))
     model: dict[str, Any]
     if init_from is None:
         model = {"tiny": {"size": recipe.size, "tokenizer": str(data_dir.parent / "tokenizer"),
-                          "aux_image_size": recipe.aux_image_size, "max_pixels": recipe.max_pixels}}
+                          "aux_image_size": recipe.aux_image_size, "max_pixels": recipe.max_pixels,
+                          "fo1_row_scale": recipe.fo1_row_scale}}
     else:
         model = {"init_from": str(init_from)}
     return {
-        "stage": STAGES[str(number)].to_dict(),
+        "stage": spec.to_dict(),
         "model": model,
-        "data": {"train": [{"records": str(data_dir / f"stage{number}.fo1.jsonl")}], "shuffle_regions": True},
+        "data": {"train": [{"records": str(data_dir / f"{name}.fo1.jsonl")}], "shuffle_regions": True},
         "training": {
             "output_dir": str(out_dir),
             "max_steps": plan.steps,
@@ -231,17 +277,17 @@ def run_demo_recipe(
 
     init_from = None
     report["losses"] = {}
-    for number in range(3):
-        stage_dir = out / f"stage{number}"
+    for name, _ in stage_plans(recipe):
+        stage_dir = out / name
         t = time.perf_counter()
         if resume and (stage_dir / "fo1_stage.json").exists():
-            log(f"stage {number}: already trained in {stage_dir}")
+            log(f"{name}: already trained in {stage_dir}")
         else:
-            log(f"stage {number}: training into {stage_dir}")
-            result = train(stage_config(recipe, number, data_dir, stage_dir, init_from), resume="auto" if resume else None)
-            report["losses"][f"stage{number}"] = result.losses
-            log(f"stage {number}: {result.global_step} steps, losses {result.losses[:2]} ... {result.losses[-2:]}")
-        report["wall_seconds"][f"stage{number}"] = round(time.perf_counter() - t, 1)
+            log(f"{name}: training into {stage_dir}")
+            result = train(stage_config(recipe, name, data_dir, stage_dir, init_from), resume="auto" if resume else None)
+            report["losses"][name] = result.losses
+            log(f"{name}: {result.global_step} steps, losses {result.losses[:2]} ... {result.losses[-2:]}")
+        report["wall_seconds"][name] = round(time.perf_counter() - t, 1)
         init_from = stage_dir
 
     model_dir = out / "model"
