@@ -101,13 +101,15 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     result = train(stage_config(recipe, 0, data, tmp_path / "stage0", None))
     assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     # The recipe's stage 1 keeps the FO1 rows the earlier stages trained, and takes the plan's group rates.
-    stage1 = stage_config(DemoRecipe(), 1, data, tmp_path / "s1", tmp_path / "stage0")
+    chain = DemoRecipe.language_first()
+    stage1 = stage_config(chain, 1, data, tmp_path / "s1", tmp_path / "stage0")
     assert stage1["stage"]["init_new_token_rows"] is None and stage1["stage"]["train"] == ["region_encoder", "connector"]
     assert stage1["stage"]["learning_rates"] == {"connector": 1e-4}
-    language = stage_config(DemoRecipe(), "language1", data, tmp_path / "l1", None)
+    assert stage_config(DemoRecipe(), 1, data, tmp_path / "s1", tmp_path / "stage0")["stage"]["init_new_token_rows"] == "mean"
+    language = stage_config(chain, "language1", data, tmp_path / "l1", None)
     assert language["stage"]["train"] == ["llm"] and language["model"]["tiny"]["fo1_row_scale"] == 8.0
     with pytest.raises(ValueError, match="no stage 'language7'"):
-        stage_config(DemoRecipe(), "language7", data, tmp_path / "l7", None)
+        stage_config(chain, "language7", data, tmp_path / "l7", None)
     with pytest.raises(ValueError, match="unknown text task"):
         make_data(DemoRecipe.quick(stage0=StagePlan({}, steps=1, learning_rate=1e-3, text={"poems": 1})),
                   tmp_path / "bad", log=lambda _: None)

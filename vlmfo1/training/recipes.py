@@ -4,22 +4,22 @@ No small pre-trained VLM exists offline, so the recipe makes its own base VLM fi
 
 1. data: a ShapeWorld train split (the `train` preset) and a held-out split of new scenes;
 2. a byte-level BPE tokenizer trained on ShapeWorld text (Qwen's special tokens + the FO1 tokens);
-   a random `demo`-size FO1 whose FO1 token rows start at 8x the random scale (`fo1_row_scale`);
-3. **language stages** (text only, the LLM alone; what a pre-trained LLM brings): copying
-   (`repeat_records`), then detection over 2 word-filled region slots (`lookup_records(keys="slots")`),
-   the curriculum step after which the look-up circuit forms;
-4. **stage 0** (stands in for the base VLM's pre-training): a random `demo`-size FO1 learns
-   image-level ShapeWorld questions ("Is there a blue square in this image?") with no regions,
-   mixed with slot look-ups of up to 6 items and copying so the language skills stay; ViT, merger
-   and LLM train;
-5. **stage 1**: region-language alignment (the `stage1` preset's groups: region encoder, connector,
-   FO1 token rows, the connector at 1e-4; everything else frozen). The FO1 rows keep what the
-   earlier stages taught them instead of the preset's reset to the mean;
-6. **stage 2**: region tasks + image questions against forgetting + slot look-ups (the `stage2`
-   preset's groups);
-7. evaluation on the held-out split with `vlmfo1.evaluation`: COCO bbox mAP of the "detect
+3. **stage 0** (stands in for the base VLM's pre-training): a random `demo`-size FO1 learns
+   image-level ShapeWorld questions ("Is there a blue square in this image?") with no regions;
+   ViT, merger and LLM train;
+4. **stage 1**: region-language alignment (the `stage1` preset's groups: region encoder, connector,
+   FO1 token rows; everything else frozen);
+5. **stage 2**: region tasks + image questions against forgetting (the `stage2` preset's groups);
+6. evaluation on the held-out split with `vlmfo1.evaluation`: COCO bbox mAP of the "detect
    everything" answers (box = proposal box, score = proposal score), counting accuracy, and the
    ShapeWorld grounding scores of detection and REC.
+
+`DemoRecipe()` is the recipe of the bundled model as shipped. `DemoRecipe.language_first()` is the
+chain under test (docs/training.md, session 4): **language stages** before stage 0 (text only, the
+LLM alone: copying with `repeat_records`, then detection over word-filled region slots with
+`lookup_records(keys="slots")`), those skills mixed into stages 0 and 2 (`StagePlan.text`), FO1
+rows started at 8x, and stage 1 keeping the trained FO1 rows with the connector at a low rate
+(`StagePlan.spec_changes`).
 
 Every stage runs through `vlmfo1.training.trainer.train`, the same code path as `vlmfo1 train`.
 Learning rates are larger than the presets' (1e-5 in stage 2 is for a pre-trained 3B model; a
@@ -68,7 +68,8 @@ class StagePlan:
     # brings and a model trained from scratch must learn (`vlmfo1.data.shapeworld.text_tasks`).
     text: dict[str, int] = field(default_factory=dict)
     lookup_items: int = 6  # the most items in this stage's slot look-up lists
-    learning_rates: dict[str, float] = field(default_factory=dict)  # per parameter group (StageSpec.learning_rates)
+    # Changes to the stage preset (`StageSpec` fields), e.g. {"learning_rates": {"connector": 1e-4}}.
+    spec_changes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,25 +85,13 @@ class DemoRecipe:
     aux_image_size: int = 192
     max_pixels: int = 224 * 224
     threads: int | None = None
-    fo1_row_scale: float = 8.0  # `init_tiny`: FO1 token rows start 8x the random scale, so they can be copied
-    # Text-only stages before stage 0, the LLM alone: copying, then slot look-ups over 2 items, the
-    # curriculum step after which the look-up circuit forms (docs/training.md, session 4).
-    language: tuple[StagePlan, ...] = field(default_factory=lambda: (
-        StagePlan({}, steps=400, learning_rate=1e-3, batch_size=64, warmup=0.08, text={"repeat": 400 * 64}),
-        StagePlan({}, steps=800, learning_rate=1e-3, batch_size=64, warmup=0.04, text={"slot_lookup": 800 * 64},
-                  lookup_items=2),
-    ))
-    # Stage 0 keeps the language skills (slot look-ups up to 6 items, copying) while it learns images.
-    stage0: StagePlan = field(default_factory=lambda: StagePlan(
-        {"image_qa": 4}, steps=500, learning_rate=1e-3, batch_size=8,
-        text={"slot_lookup": 2000, "repeat": 500}, lookup_items=6))
-    # Stage 1: the LLM is frozen, so region tokens must move to where its look-up reads; the
-    # connector at a low rate keeps them apart (a high one collapsed them, session 3).
-    stage1: StagePlan = field(default_factory=lambda: StagePlan(
-        dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3, learning_rates={"connector": 1e-4}))
-    stage2: StagePlan = field(default_factory=lambda: StagePlan(
-        {**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4,
-        text={"slot_lookup": 1000}, learning_rates={"connector": 1e-4}))
+    fo1_row_scale: float = 1.0  # `init_tiny`: scale of the FO1 token rows at initialisation
+    language: tuple[StagePlan, ...] = ()  # text-only stages before stage 0, the LLM alone
+    stage0: StagePlan = field(default_factory=lambda: StagePlan({"image_qa": 4}, steps=500, learning_rate=2e-3, batch_size=8))
+    stage1: StagePlan = field(default_factory=lambda: StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3))
+    stage2: StagePlan = field(
+        default_factory=lambda: StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4)
+    )
     lookup_describe_share: float = 0.3  # share of slot look-ups asked the reverse way ("What shape is <region1>?")
     eval_tasks: tuple[str, ...] = ("detect_everything", "counting", "detection", "rec")
     max_new_tokens: int = 96
@@ -110,6 +99,32 @@ class DemoRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def language_first(cls, **overrides) -> "DemoRecipe":
+        """The session-4 chain, not yet the bundled model's recipe (docs/training.md): FO1 rows start
+        at 8x; language stages (copying, then slot look-ups over 2 items, the curriculum step after
+        which the look-up circuit formed) before stage 0; look-ups mixed into stages 0 and 2; stage 1
+        keeps the FO1 rows the earlier stages trained (the preset's reset to the mean would make the
+        100 region rows one vector) and runs the connector at 1e-4."""
+        keep_rows = {"init_new_token_rows": None}
+        slow_connector = {"learning_rates": {"connector": 1e-4}}
+        settings: dict[str, Any] = dict(
+            fo1_row_scale=8.0,
+            language=(
+                StagePlan({}, steps=400, learning_rate=1e-3, batch_size=64, warmup=0.08, text={"repeat": 400 * 64}),
+                StagePlan({}, steps=800, learning_rate=1e-3, batch_size=64, warmup=0.04,
+                          text={"slot_lookup": 800 * 64}, lookup_items=2),
+            ),
+            stage0=StagePlan({"image_qa": 4}, steps=500, learning_rate=1e-3, batch_size=8,
+                             text={"slot_lookup": 2000, "repeat": 500}, lookup_items=6),
+            stage1=StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3,
+                             spec_changes={**keep_rows, **slow_connector}),
+            stage2=StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4,
+                             text={"slot_lookup": 1000}, spec_changes=slow_connector),
+        )
+        settings.update(overrides)
+        return cls(**settings)
 
     @classmethod
     def quick(cls, **overrides) -> "DemoRecipe":
@@ -205,14 +220,8 @@ def stage_config(recipe: DemoRecipe, stage: int | str, data_dir: Path, out_dir: 
     if name not in plans:
         raise ValueError(f"no stage {stage!r} in the recipe; it has {list(plans)}")
     plan = plans[name]
-    if name.startswith("language"):
-        spec = LANGUAGE_STAGE
-    else:
-        spec = STAGES[name.removeprefix("stage")]
-    # The demo tokenizer has the FO1 tokens from the start and the earlier stages trained their rows
-    # (the look-up names them), so stage 1 keeps them: resetting all 100 region rows to one mean
-    # would make them indistinguishable, and a frozen LLM could not tell the regions apart again.
-    spec = dataclasses.replace(spec, init_new_token_rows=None, learning_rates=dict(plan.learning_rates))
+    spec = LANGUAGE_STAGE if name.startswith("language") else STAGES[name.removeprefix("stage")]
+    spec = dataclasses.replace(spec, **plan.spec_changes)
     model: dict[str, Any]
     if init_from is None:
         model = {"tiny": {"size": recipe.size, "tokenizer": str(data_dir.parent / "tokenizer"),
