@@ -89,12 +89,13 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
 
     recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, language=(),
                               stage0=StagePlan({}, steps=2, learning_rate=1e-3, batch_size=4,
-                                               text={"repeat": 3, "slot_lookup": 5}, lookup_items=3))
+                                               text={"repeat": 3, "slot_lookup": 5, "repeat_words": 2}, lookup_items=3))
     data = tmp_path / "data"
     make_data(recipe, data, log=lambda _: None)
     stage0 = list(read_records(data / "stage0.fo1.jsonl"))
-    assert [r.task for r in stage0] == ["text_repeat"] * 3 + ["text_lookup"] * 5
-    assert all(2 <= len(r.region_text) <= 3 for r in stage0[3:])
+    assert [r.task for r in stage0] == ["text_repeat"] * 5 + ["text_lookup"] * 5
+    assert not any("<region" in r.answer for r in stage0[:2]) and all(r.id.startswith("words") for r in stage0[:2])
+    assert all(2 <= len(r.region_text) <= 3 for r in stage0[5:])
     assert not any(r.task.startswith("text") for r in read_records(data / "stage1.fo1.jsonl"))
     train_small_tokenizer(shapeworld_corpus(20), vocab_size=400).save_pretrained(str(tmp_path / "tokenizer"))
     # Every batch holds slot records: a dropped `region_text_ids` would fail (slots without an image).
