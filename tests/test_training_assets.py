@@ -107,8 +107,10 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     assert stage1["stage"]["init_new_token_rows"] is None and stage1["stage"]["train"] == ["region_encoder", "connector"]
     assert stage1["stage"]["learning_rates"] == {"connector": 1e-4}
     assert stage_config(DemoRecipe(), 1, data, tmp_path / "s1", tmp_path / "stage0")["stage"]["init_new_token_rows"] == "mean"
-    language = stage_config(chain, "language1", data, tmp_path / "l1", None)
+    language = stage_config(chain, "language2", data, tmp_path / "l2", None)
     assert language["stage"]["train"] == ["llm"] and language["model"]["tiny"]["fo1_row_scale"] == 8.0
+    assert language["training"]["lr_scheduler_type"] == "constant_with_warmup"
+    assert stage1["training"]["lr_scheduler_type"] == "cosine"
     with pytest.raises(ValueError, match="no stage 'language7'"):
         stage_config(chain, "language7", data, tmp_path / "l7", None)
     with pytest.raises(ValueError, match="unknown text task"):
