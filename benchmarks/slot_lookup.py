@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from vlmfo1.training.text_checks import teacher_forced_accuracy
+
 BUNDLED = Path(__file__).resolve().parents[1] / "vlmfo1" / "assets" / "shapeworld-fo1"
 
 
@@ -40,8 +42,6 @@ class SlotBatches:
         from vlmfo1.training.collator import FO1Collator
 
         self.processor = processor
-        vocab = processor.tokenizer.get_vocab()
-        self.region_ids = torch.tensor([i for t, i in vocab.items() if t.startswith("<region") and t[7:-1].isdigit()])
         self.collate = FO1Collator(processor.tokenizer.pad_token_id)
 
     def __call__(self, records) -> dict[str, torch.Tensor]:
@@ -50,23 +50,9 @@ class SlotBatches:
         return self.collate([encode_record(r, None, self.processor) for r in records])
 
 
-def region_top1(model, batches: SlotBatches, records, batch_size: int = 16) -> dict[str, float]:
-    right = total = 0
-    chance = 0.0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            batch = batches(chunk)
-            labels = batch.pop("labels")
-            logits = model(**batch).logits
-            predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
-            is_region = torch.isin(target, batches.region_ids)
-            right += int((predicted[is_region] == target[is_region]).sum())
-            total += int(is_region.sum())
-            chance += sum(1 / len(r.meta["items"]) for r, n in zip(chunk, is_region.sum(-1).tolist()) for _ in range(n))
-    model.train()
-    return {"top1": round(right / max(total, 1), 3), "chance": round(chance / max(total, 1), 3), "tokens": total}
+def region_top1(model, processor, records) -> dict[str, float]:
+    check = teacher_forced_accuracy(model, processor, records)
+    return {"top1": check["region"], "chance": check["region_chance"], "tokens": check["region_tokens"]}
 
 
 def train_llm(model, batches: SlotBatches, records, steps: int, lr: float, args, held_out=None) -> list[dict]:
@@ -88,28 +74,9 @@ def train_llm(model, batches: SlotBatches, records, steps: int, lr: float, args,
         optimizer.step()
         schedule.step()
         if held_out is not None and (step + 1) % args.every == 0:
-            curve.append({"step": step + 1, "loss": round(loss.item(), 4), **region_top1(model, batches, held_out)})
+            curve.append({"step": step + 1, "loss": round(loss.item(), 4), **region_top1(model, batches.processor, held_out)})
             print(curve[-1], flush=True)
     return curve
-
-
-def copy_accuracy(model, batches: SlotBatches, records, batch_size: int = 16) -> dict[str, float]:
-    """Teacher-forced accuracy of repeated sequences, region index tokens and other tokens apart."""
-    right = {"region": 0, "word": 0}
-    total = {"region": 0, "word": 0}
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(records), batch_size):
-            batch = batches(records[start:start + batch_size])
-            labels = batch.pop("labels")
-            predicted, target = model(**batch).logits[:, :-1].argmax(-1), labels[:, 1:]
-            answer = target >= 0
-            is_region = torch.isin(target, batches.region_ids)
-            for kind, where in (("region", answer & is_region), ("word", answer & ~is_region)):
-                right[kind] += int((predicted[where] == target[where]).sum())
-                total[kind] += int(where.sum())
-    model.train()
-    return {kind: round(right[kind] / max(total[kind], 1), 3) for kind in right}
 
 
 def main() -> None:
@@ -137,6 +104,7 @@ def main() -> None:
 
     from vlmfo1 import FO1ForConditionalGeneration, FO1Processor
     from vlmfo1.data.shapeworld.text_tasks import lookup_records, repeat_records
+    from vlmfo1.training.text_checks import region_token_ids
     from vlmfo1.training.tiny import init_tiny, save_model
 
     if args.threads:
@@ -151,25 +119,25 @@ def main() -> None:
     train = lookup_records(args.steps * args.batch, seed=11 + 1000 * args.seed, describe_share=args.describe_share, **shape)
     held_out = lookup_records(args.eval_records, seed=12, split="val", **shape)
     batches = SlotBatches(processor)
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "before": region_top1(model, batches, held_out)}
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "before": region_top1(model, processor, held_out)}
     print("before", report["before"], flush=True)
 
     if args.region_row_scale != 1.0:
         with torch.no_grad():
-            model.get_input_embeddings().weight[batches.region_ids] *= args.region_row_scale
+            model.get_input_embeddings().weight[region_token_ids(processor.tokenizer)] *= args.region_row_scale
     if args.repeat_steps:
         repeats = repeat_records(args.repeat_steps * args.batch, seed=21 + 1000 * args.seed)
         repeat_held_out = repeat_records(args.eval_records, seed=22, split="val")
         start = time.perf_counter()
         train_llm(model, batches, repeats, args.repeat_steps, args.lr, args)
         report["repeat"] = {"seconds": round(time.perf_counter() - start, 1),
-                            "copy": copy_accuracy(model, batches, repeat_held_out)}
+                            "copy": teacher_forced_accuracy(model, processor, repeat_held_out)}
         print("repeat", report["repeat"], flush=True)
 
     start = time.perf_counter()
     report["curve"] = train_llm(model, batches, train, args.steps, args.lr, args, held_out=held_out[:64])
     report["train_seconds"] = round(time.perf_counter() - start, 1)
-    report["after"] = region_top1(model, batches, held_out)
+    report["after"] = region_top1(model, processor, held_out)
     save_model(model, processor, args.out)
     (args.out / "slot_lookup.json").write_text(json.dumps(report, indent=2) + "\n")
     print("after", report["after"], f"{report['train_seconds']} s")

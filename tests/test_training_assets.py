@@ -78,6 +78,8 @@ def test_the_demo_recipe_runs_end_to_end_from_the_cli(tmp_path):
     assert set(report["wall_seconds"]) >= {"data", "tokenizer", "language0", "stage0", "stage1", "stage2", "eval", "total"}
     language = [json.loads(line)["task"] for line in (tmp_path / "data" / "language0.fo1.jsonl").read_text().splitlines()]
     assert language == ["text_repeat"] * 2 + ["text_lookup"] * 2
+    checks = report["language_checks"]
+    assert set(checks) == {"language0", "stage0"} and set(checks["language0"]) == {"copy", "lookup2", "lookup4", "lookup6"}
     assert report["metrics"]["detection_map"]["images"] == 4 and report["metrics"]["counting"]["num_items"] == 4
     assert (tmp_path / "model" / "model.safetensors").exists() and not (tmp_path / "model" / "checkpoint-2").exists()
 
