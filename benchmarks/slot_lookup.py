@@ -63,7 +63,8 @@ def train_llm(model, batches: SlotBatches, records, steps: int, lr: float, args,
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * (
+            1.0 if args.constant_lr else 0.5 * (1 + math.cos(math.pi * s / steps))))
     model.train()
     curve = []
     for step in range(steps):
@@ -97,6 +98,9 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--repeat-steps", type=int, default=0,
                         help="first train this many steps on repeat_records (copying words and region tokens)")
+    parser.add_argument("--repeat-vocabulary", default="shapeworld", choices=["shapeworld", "random"],
+                        help="words of the repeat questions (text_tasks.repeat_records)")
+    parser.add_argument("--constant-lr", action="store_true", help="no cosine decay after the warmup")
     parser.add_argument("--region-row-scale", type=float, default=1.0,
                         help="multiply the <regionK> embedding rows by this before training")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -126,7 +130,8 @@ def main() -> None:
         with torch.no_grad():
             model.get_input_embeddings().weight[region_token_ids(processor.tokenizer)] *= args.region_row_scale
     if args.repeat_steps:
-        repeats = repeat_records(args.repeat_steps * args.batch, seed=21 + 1000 * args.seed)
+        repeats = repeat_records(args.repeat_steps * args.batch, seed=21 + 1000 * args.seed,
+                                 vocabulary=args.repeat_vocabulary)
         repeat_held_out = repeat_records(args.eval_records, seed=22, split="val")
         start = time.perf_counter()
         train_llm(model, batches, repeats, args.repeat_steps, args.lr, args)

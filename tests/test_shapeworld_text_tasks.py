@@ -109,3 +109,16 @@ def test_slot_keyed_lookup_moves_the_items_into_region_text():
         assert listed == " ".join(f"<region{k}> {t}" for k, t in enumerate(by_slot.region_text))
         assert by_text.region_text == []
         by_slot.validate()
+
+
+def test_random_repeat_words_are_short_letter_strings_and_region_tokens():
+    from vlmfo1.data.shapeworld.text_tasks import repeat_records
+
+    records = repeat_records(100, seed=2, vocabulary="random", region_share=0.2)
+    words = [w for r in records for w in r.answer.split(" ")]
+    plain = [w for w in words if not w.startswith("<region")]
+    assert all(re.fullmatch(r"[a-z0-9]{1,4}", w) for w in plain)
+    assert len(set(plain)) > 0.7 * len(plain)  # few words twice (one-letter ones repeat): nothing to memorise
+    assert 0.1 < (len(words) - len(plain)) / len(words) < 0.3
+    with pytest.raises(ValueError, match="vocabulary"):
+        repeat_records(1, seed=0, vocabulary="klingon")

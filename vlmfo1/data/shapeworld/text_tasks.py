@@ -143,21 +143,36 @@ def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3,
 REPEAT_PROMPT = "Repeat:"
 
 
+REPEAT_VOCABULARIES = ("shapeworld", "random")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
 def repeat_records(n: int, seed: int, min_words: int = 3, max_words: int = 12, region_share: float = 0.25,
-                   split: str = "repeat") -> list[FO1Record]:
-    """`n` copy questions: a random sequence of ShapeWorld words (colours, shapes, numbers) and, at
-    `region_share` of the positions, region index tokens, to be repeated verbatim."""
+                   split: str = "repeat", vocabulary: str = "shapeworld") -> list[FO1Record]:
+    """`n` copy questions: a random sequence of words and, at `region_share` of the positions, region
+    index tokens, to be repeated verbatim. `vocabulary` "shapeworld" draws ShapeWorld words (colours,
+    shapes, numbers); "random" draws random strings of 1-4 letters and digits, which a tokenizer cuts
+    into many different pieces: a copier trained on a few words learns those words (copying 22 % of
+    other words), one trained on random text learns to copy (docs/training.md)."""
     if not 1 <= min_words <= max_words:
         raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
     if not 0.0 <= region_share <= 1.0:
         raise ValueError(f"region_share must be in [0, 1], got {region_share}")
+    if vocabulary not in REPEAT_VOCABULARIES:
+        raise ValueError(f"vocabulary must be one of {REPEAT_VOCABULARIES}, got {vocabulary!r}")
     rng = np.random.default_rng([seed, 104729])
     words = list(COLOURS) + list(SHAPES) + [str(k) for k in range(10)]
+
+    def word() -> str:
+        if vocabulary == "shapeworld":
+            return str(rng.choice(words))
+        return "".join(rng.choice(list(_LETTERS), size=int(rng.integers(1, 5))))
+
     records = []
     for index in range(n):
         length = int(rng.integers(min_words, max_words + 1))
         sequence = [prompts.region_token(int(rng.integers(prompts.MAX_REGIONS))) if rng.random() < region_share
-                    else str(rng.choice(words)) for _ in range(length)]
+                    else word() for _ in range(length)]
         text = " ".join(sequence)
         records.append(FO1Record.single_turn(id=f"{split}-{index:06d}", image=None, prompt=f"{REPEAT_PROMPT} {text}",
                                              answer=text, task="text_repeat"))
