@@ -91,12 +91,12 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
 
     recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, language=(),
                               stage0=StagePlan({}, steps=2, learning_rate=1e-3, batch_size=4,
-                                               text={"repeat": 3, "slot_lookup": 5, "repeat_words": 2}, lookup_items=3))
+                                               text={"repeat": 3, "slot_lookup": 5, "repeat_random": 2}, lookup_items=3))
     data = tmp_path / "data"
     make_data(recipe, data, log=lambda _: None)
     stage0 = list(read_records(data / "stage0.fo1.jsonl"))
     assert [r.task for r in stage0] == ["text_repeat"] * 5 + ["text_lookup"] * 5
-    assert not any("<region" in r.answer for r in stage0[:2]) and all(r.id.startswith("words") for r in stage0[:2])
+    assert [r.id.split("-")[0] for r in stage0[:5]] == ["random0"] * 2 + ["repeat0"] * 3
     assert all(2 <= len(r.region_text) <= 3 for r in stage0[5:])
     assert not any(r.task.startswith("text") for r in read_records(data / "stage1.fo1.jsonl"))
     train_small_tokenizer(shapeworld_corpus(20), vocab_size=400).save_pretrained(str(tmp_path / "tokenizer"))
@@ -109,7 +109,7 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     assert stage1["stage"]["init_new_token_rows"] is None and stage1["stage"]["train"] == ["region_encoder", "connector"]
     assert stage1["stage"]["learning_rates"] == {"connector": 1e-4}
     assert stage_config(DemoRecipe(), 1, data, tmp_path / "s1", tmp_path / "stage0")["stage"]["init_new_token_rows"] == "mean"
-    language = stage_config(chain, "language2", data, tmp_path / "l2", None)
+    language = stage_config(chain, "language1", data, tmp_path / "l1", None)
     assert language["stage"]["train"] == ["llm"] and language["model"]["tiny"]["fo1_row_scale"] == 8.0
     assert language["training"]["lr_scheduler_type"] == "constant_with_warmup"
     assert stage1["training"]["lr_scheduler_type"] == "cosine"

@@ -53,7 +53,7 @@ REGION_TASKS_STAGE1 = {
 }
 
 
-TEXT_TASKS = ("repeat_words", "repeat", "slot_lookup")
+TEXT_TASKS = ("repeat", "repeat_random", "slot_lookup")
 
 
 @dataclass
@@ -64,9 +64,9 @@ class StagePlan:
     batch_size: int = 8
     warmup: float = 0.05  # share of the steps
     schedule: str = "cosine"  # `lr_scheduler_type` of transformers (cosine, constant_with_warmup, ...)
-    # Text-only records mixed into the stage, by kind (TEXT_TASKS): "repeat_words" (copying words),
-    # "repeat" (copying words and region tokens) and "slot_lookup" (detection over word-filled
-    # region slots), the LLM skills a pre-trained base
+    # Text-only records mixed into the stage, by kind (TEXT_TASKS): "repeat" (copying ShapeWorld
+    # words and region tokens), "repeat_random" (copying random letter strings and region tokens:
+    # a general copier) and "slot_lookup" (detection over word-filled region slots), the LLM skills a pre-trained base
     # brings and a model trained from scratch must learn (`vlmfo1.data.shapeworld.text_tasks`).
     text: dict[str, int] = field(default_factory=dict)
     lookup_items: int = 6  # the most items in this stage's slot look-up lists
@@ -106,8 +106,9 @@ class DemoRecipe:
     @classmethod
     def language_first(cls, **overrides) -> "DemoRecipe":
         """The session-4 chain, not yet the bundled model's recipe (docs/training.md): FO1 rows start
-        at 8x; language stages before stage 0 (copying words, then words and region tokens, then slot
-        look-ups over 2 items: each step is what the next one needed to form); look-ups mixed into stages 0 and 2; stage 1
+        at 8x; language stages before stage 0 (copying random text with region tokens in it, a
+        general copier, then slot look-ups over 2 items at a constant rate: each step is what the
+        next one needed to form); look-ups mixed into stages 0 and 2; stage 1
         keeps the FO1 rows the earlier stages trained (the preset's reset to the mean would make the
         100 region rows one vector) and runs the connector at 1e-4."""
         keep_rows = {"init_new_token_rows": None}
@@ -115,15 +116,14 @@ class DemoRecipe:
         settings: dict[str, Any] = dict(
             fo1_row_scale=8.0,
             language=(
-                StagePlan({}, steps=600, learning_rate=1e-3, batch_size=16, text={"repeat_words": 600 * 16}),
-                StagePlan({}, steps=400, learning_rate=1e-3, batch_size=16, text={"repeat": 400 * 16}),
+                StagePlan({}, steps=800, learning_rate=1e-3, batch_size=64, text={"repeat_random": 800 * 64}),
                 # A constant rate: the look-up leaves its plateau late, and a cosine has decayed by then
                 # (formed at a nearly constant 1e-3, 97 %; only partly under a 750-step cosine, 59 %).
                 StagePlan({}, steps=1000, learning_rate=1e-3, batch_size=64, warmup=0.03, schedule="constant_with_warmup",
                           text={"slot_lookup": 1000 * 64}, lookup_items=2),
             ),
             stage0=StagePlan({"image_qa": 4}, steps=500, learning_rate=1e-3, batch_size=8,
-                             text={"slot_lookup": 2000, "repeat": 500}, lookup_items=6),
+                             text={"slot_lookup": 2000, "repeat_random": 500}, lookup_items=6),
             stage1=StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3,
                              spec_changes={**keep_rows, **slow_connector}),
             stage2=StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4,
@@ -195,8 +195,8 @@ def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_i
     if unknown:
         raise ValueError(f"unknown text task(s) {unknown}; choose from {list(TEXT_TASKS)}")
     records: list[FO1Record] = []
-    if counts.get("repeat_words"):
-        records += repeat_records(counts["repeat_words"], seed=seed, region_share=0.0, split=f"words{seed}")
+    if counts.get("repeat_random"):
+        records += repeat_records(counts["repeat_random"], seed=seed, vocabulary="random", split=f"random{seed}")
     if counts.get("repeat"):
         records += repeat_records(counts["repeat"], seed=seed, split=f"repeat{seed}")
     if counts.get("slot_lookup"):
