@@ -30,8 +30,8 @@ words of ShapeWorld's region questions: "What shape is <region1>?" -> "star", "W
 `repeat_records` are the simplest skill of all, copying: "Repeat: <region3> red star blue" ->
 "<region3> red star blue". A transformer learns to copy through induction heads, and the look-up
 grows out of the same heads; trained from scratch on look-ups alone, the demo LLM had not learned
-even to copy the asked label after 2000 steps, while 250 steps of repeats were enough to copy
-(docs/training.md).
+even to copy the asked label after 2000 steps. Repeats of a few words teach copying those words
+only; repeats of random text (``vocabulary="random"``) teach copying itself (docs/training.md).
 
 Records are text-only (`image` null), so a training step on them costs no vision encoder.
 """
