@@ -15,11 +15,12 @@ from typing import Sequence
 
 import torch
 
+from vlmfo1 import prompts
 from vlmfo1.data.records import FO1Record
 
 
 def region_token_ids(tokenizer) -> torch.Tensor:
-    return torch.tensor([i for t, i in tokenizer.get_vocab().items() if t.startswith("<region") and t[7:-1].isdigit()])
+    return torch.tensor(tokenizer.convert_tokens_to_ids(prompts.region_tokens()))
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ the "original vocabulary" of the stage-1 gradient mask is exactly the ids below 
 from __future__ import annotations
 
 import math
-
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
