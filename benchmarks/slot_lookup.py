@@ -56,15 +56,15 @@ def region_top1(model, processor, records) -> dict[str, float]:
 
 
 def train_llm(model, batches: SlotBatches, records, steps: int, lr: float, args, held_out=None) -> list[dict]:
-    """AdamW on the LLM alone (embeddings included), warmup then cosine; the held-out region top-1
-    every `args.every` steps when `held_out` is given."""
+    """AdamW on the LLM alone (embeddings included), warmup then cosine (or constant with
+    `--constant-lr`); the held-out region top-1 every `args.every` steps when `held_out` is given."""
     model.requires_grad_(False)
     model.language_model.requires_grad_(True)  # the embeddings too (tied LM head)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * (
-            1.0 if args.constant_lr else 0.5 * (1 + math.cos(math.pi * s / steps))))
+            1.0 if args.constant_lr else 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))))
     model.train()
     curve = []
     for step in range(steps):
