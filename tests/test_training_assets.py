@@ -100,7 +100,7 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     assert all(2 <= len(r.region_text) <= 3 for r in stage0[5:])
     assert not any(r.task.startswith("text") for r in read_records(data / "stage1.fo1.jsonl"))
     train_small_tokenizer(shapeworld_corpus(20), vocab_size=400).save_pretrained(str(tmp_path / "tokenizer"))
-    # Every batch holds slot records: a dropped `region_text_ids` would fail (slots without an image).
+    # 8 of the 10 records are drawn, so at least 3 slot records: a dropped `region_text_ids` would fail.
     result = train(stage_config(recipe, 0, data, tmp_path / "stage0", None))
     assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     # The recipe's stage 1 keeps the FO1 rows the earlier stages trained, and takes the plan's group rates.
