@@ -145,7 +145,9 @@ def budget(name: str) -> ReproBudget:
             train_scenes=6, tokenizer_scenes=10,
             stage0=StagePlan({"image_qa": 1}, steps=1, learning_rate=1e-3, batch_size=2),
             stage1=StagePlan({"detect_everything": 1, "detection": 1}, steps=2, learning_rate=1e-3, batch_size=2),
-            stage2=StagePlan({"detect_everything": 1, "detection": 1, "image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
+            # A text task in stage 2: the coordinate twin trains on those records unchanged.
+            stage2=StagePlan({"detect_everything": 1, "detection": 1, "image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2,
+                             text={"slot_lookup": 2}, lookup_items=2),
         )
         return ReproBudget(
             "tiny", recipe, seeds=(0,), heldout_scenes=2,
@@ -213,10 +215,13 @@ def write_training_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str],
     twins = {record.meta["fo1_id"]: record for record in read_records(data_dir / "train.coords.jsonl")}
     for number in (1, 2):
         stage_records = list(read_records(data_dir / f"stage{number}.fo1.jsonl"))
-        missing = [r.id for r in stage_records if r.id not in twins]
+        # Text-only records (the plan's `text` tasks) have no boxes to write as coordinates: the twin
+        # trains on them unchanged, so both arms see the same records.
+        missing = [r.id for r in stage_records if r.image is not None and r.id not in twins]
         if missing:
             raise RuntimeError(f"stage {number} records without a coordinate twin (first: {missing[:3]})")
-        write_records(data_dir / f"stage{number}.coords.jsonl", [twins[r.id] for r in stage_records])
+        write_records(data_dir / f"stage{number}.coords.jsonl",
+                      [twins[r.id] if r.image is not None else r for r in stage_records])
 
 
 def write_tokenizer(recipe: DemoRecipe, folder: Path) -> None:
@@ -561,7 +566,7 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldout: HeldOut, log: 
     write_training_data(recipe, data_dir, log)
     write_tokenizer(recipe, folder / "tokenizer")
     base_dir = folder / "base"
-    base_train = train_stage(stage_config(recipe, 0, data_dir, base_dir, None), log=log)
+    base_train = train_base(recipe, data_dir, folder, base_dir, log)
     eval_items = heldout.items(EVAL_TASKS)
     curve_items = heldout.items(CURVE_TASKS, budget_.curve_scenes)
     base_scores = evaluate_model("fo1", base_dir, heldout, heldout.items(BASE_TASKS), folder / "base_eval", budget_, log)
@@ -581,6 +586,24 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldout: HeldOut, log: 
         (arm_dir / "result.json").write_text(json.dumps(entry, indent=2) + "\n")
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def train_base(recipe: DemoRecipe, data_dir: Path, folder: Path, base_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The base VLM: the recipe's language stages (text only, `folder/language{k}`), then stage 0 into
+    `base_dir`. Returns stage 0's training record with the language stages' steps and seconds added."""
+    from vlmfo1.training.recipes import stage_config, stage_plans
+
+    init, language = None, []
+    for name, _ in stage_plans(recipe):
+        if name.startswith("language"):
+            language.append(train_stage(stage_config(recipe, name, data_dir, folder / name, init), log=log))
+            init = folder / name
+    record = dict(train_stage(stage_config(recipe, 0, data_dir, base_dir, init), log=log))
+    if language:
+        record["language_stages"] = [{"steps": r["steps"], "seconds": r["seconds"]} for r in language]
+        record["steps"] += sum(r["steps"] for r in language)
+        record["seconds"] = round(record["seconds"] + sum(r["seconds"] for r in language), 1)
+    return record
 
 
 def train_arm(arm: Arm, recipe: DemoRecipe, budget_: ReproBudget, data_dir: Path, base_dir: Path, folder: Path,

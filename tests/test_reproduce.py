@@ -281,8 +281,18 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     assert {name: seed["arms"][name]["steps"] for name in arms} == dict.fromkeys(arms, expected_steps)
     twin_stage = json.loads((out / "seed0" / "coordinates" / "stage1" / reproduce.TRAIN_RECORD).read_text())["stage"]
     assert twin_stage["train"] == ["vision", "image_projector", "llm"]
-    fo1_ids = [r.meta["fo1_id"] for r in reproduce.read_records(out / "seed0" / "data" / "stage2.coords.jsonl")]
-    assert fo1_ids == [r.id for r in reproduce.read_records(out / "seed0" / "data" / "stage2.fo1.jsonl")]
+    # The twin's records are FO1's, in the same order: image records as their coordinate twins,
+    # text-only records (stage 2's slot look-ups) unchanged.
+    twin_records = list(reproduce.read_records(out / "seed0" / "data" / "stage2.coords.jsonl"))
+    fo1_records = list(reproduce.read_records(out / "seed0" / "data" / "stage2.fo1.jsonl"))
+    assert [r.meta["fo1_id"] if r.image else r.id for r in twin_records] == [r.id for r in fo1_records]
+    text_only = [r for r in fo1_records if r.image is None]
+    assert text_only and [r for r in twin_records if r.image is None] == text_only
+    # The base is the recipe's language stage, then stage 0, trained from the language stage's weights.
+    base_record = seed["base"]["train"]
+    language_record = json.loads((out / "seed0" / "language0" / reproduce.TRAIN_RECORD).read_text())
+    assert language_record["stage"]["train"] == ["llm"]
+    assert base_record["steps"] == budget.recipe.language[0].steps + budget.recipe.stage0.steps
     unfrozen = json.loads((out / "seed0" / "fo1_vit_unfrozen" / "stage2" / reproduce.TRAIN_RECORD).read_text())["stage"]
     assert "vision" in unfrozen["train"]
     assert seed["arms"]["fo1_vit_unfrozen"]["phases"][0]["shared_with"] == "fo1"
