@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from vlmfo1.data.records import read_records, write_records
-from vlmfo1.training.recipes import _take_tasks
+from vlmfo1.training.recipes import take_tasks
 from vlmfo1.training.trainer import train
 
 BUNDLED = Path(__file__).resolve().parents[1] / "vlmfo1" / "assets" / "shapeworld-fo1"
@@ -240,7 +240,7 @@ def main() -> None:
         if not (data / "train.fo1.jsonl").exists():
             write_dataset(data, n=args.scenes, seed=0, split="train", config=ShapeWorldConfig.train(task_counts=tasks),
                           workers=1, coordinates=False)
-        records = _take_tasks(list(read_records(data / "train.fo1.jsonl")), tasks)
+        records = take_tasks(list(read_records(data / "train.fo1.jsonl")), tasks)
     write_records(out / "train.fo1.jsonl", records)
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.region_pretraining:

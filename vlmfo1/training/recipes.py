@@ -184,7 +184,7 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     records = list(read_records(data_dir / "train.fo1.jsonl"))
     for number, (name, plan) in enumerate(stage_plans(recipe)):
         text = text_records(recipe, plan.text, seed=recipe.seed * 100 + number, lookup_items=plan.lookup_items)
-        write_records(data_dir / f"{name}.fo1.jsonl", _take_tasks(records, plan.tasks) + text)
+        write_records(data_dir / f"{name}.fo1.jsonl", take_tasks(records, plan.tasks) + text)
     return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
 
 
@@ -206,7 +206,7 @@ def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_i
     return records
 
 
-def _take_tasks(records: Sequence[FO1Record], tasks: dict[str, int]) -> list[FO1Record]:
+def take_tasks(records: Sequence[FO1Record], tasks: dict[str, int]) -> list[FO1Record]:
     """Each scene's first `tasks[t]` records of task t (rejection records count as detection)."""
     taken, seen = [], {}
     for record in records:
