@@ -558,8 +558,6 @@ def snapshot_steps(steps: int, points: int) -> list[int]:
 
 
 def run_seed(budget_: ReproBudget, seed: int, out: Path, heldout: HeldOut, log: Callable[[str], None]) -> dict[str, Any]:
-    from vlmfo1.training.recipes import stage_config
-
     recipe = dataclasses.replace(budget_.recipe, seed=seed)
     folder = out / f"seed{seed}"
     data_dir = folder / "data"
