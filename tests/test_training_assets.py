@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -89,15 +90,22 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     from vlmfo1.training.recipes import DemoRecipe, StagePlan, make_data, stage_config
     from vlmfo1.training.trainer import train
 
-    recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, language=(),
+    recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, language=(), lookup_describe_share=0.0,
+                              scene_overrides={"objects_per_image": [1, 2]},
                               stage0=StagePlan({}, steps=2, learning_rate=1e-3, batch_size=4,
-                                               text={"repeat": 3, "slot_lookup": 5, "repeat_random": 2}, lookup_items=3))
+                                               text={"repeat": 3, "slot_lookup": 5, "repeat_random": 2}, lookup_items=3,
+                                               lookup_queries=1))
     data = tmp_path / "data"
     make_data(recipe, data, log=lambda _: None)
     stage0 = list(read_records(data / "stage0.fo1.jsonl"))
     assert [r.task for r in stage0] == ["text_repeat"] * 5 + ["text_lookup"] * 5
     assert [r.id.split("-")[0] for r in stage0[:5]] == ["random0"] * 2 + ["repeat0"] * 3
     assert all(2 <= len(r.region_text) <= 3 for r in stage0[5:])
+    assert all(r.conversations[1]["value"].count("<ground>") <= 1 for r in stage0[5:])  # one label asked
+    for split in ("train", recipe.eval_split):  # the simpler world, for training and held-out scenes alike
+        coco = json.loads((data / f"{split}.coco.json").read_text())
+        per_image = Counter(a["image_id"] for a in coco["annotations"])
+        assert per_image and max(per_image.values()) <= 2
     assert not any(r.task.startswith("text") for r in read_records(data / "stage1.fo1.jsonl"))
     train_small_tokenizer(shapeworld_corpus(20), vocab_size=400).save_pretrained(str(tmp_path / "tokenizer"))
     # 8 of the 10 records are drawn, so at least 3 slot records: a dropped `region_text_ids` would fail.

@@ -70,6 +70,7 @@ class StagePlan:
     # brings and a model trained from scratch must learn (`vlmfo1.data.shapeworld.text_tasks`).
     text: dict[str, int] = field(default_factory=dict)
     lookup_items: int = 6  # the most items in this stage's slot look-up lists
+    lookup_queries: int = 2  # the most labels one slot look-up question asks for
     # Changes to the stage preset (`StageSpec` fields), e.g. {"learning_rates": {"connector": 1e-4}}.
     spec_changes: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +89,9 @@ class DemoRecipe:
     max_pixels: int = 224 * 224
     threads: int | None = None
     fo1_row_scale: float = 1.0  # `init_tiny`: scale of the FO1 token rows at initialisation
+    # ShapeWorldConfig fields changed from the `train` preset, for the training and held-out scenes
+    # alike (e.g. {"objects_per_image": [1, 4]}: a simpler world).
+    scene_overrides: dict[str, Any] = field(default_factory=dict)
     language: tuple[StagePlan, ...] = ()  # text-only stages before stage 0, the LLM alone
     stage0: StagePlan = field(default_factory=lambda: StagePlan({"image_qa": 4}, steps=500, learning_rate=2e-3, batch_size=8))
     stage1: StagePlan = field(default_factory=lambda: StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3))
@@ -173,22 +177,25 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     # One process: generation takes seconds next to training, and worker processes would re-run a
     # caller's script that lacks an `if __name__ == "__main__"` guard.
     workers = 1
-    train_config = ShapeWorldConfig.train(task_counts=all_tasks(recipe))
+    train_config = ShapeWorldConfig.train(task_counts=all_tasks(recipe), **recipe.scene_overrides)
     train = write_dataset(data_dir, n=recipe.train_scenes, seed=recipe.seed, split="train", config=train_config,
                           workers=workers, coordinates=coordinates)
     log(f"data: train {train.images} scenes, records {train.records}")
-    eval_config = ShapeWorldConfig.preset(recipe.eval_preset, task_counts={t: 1 for t in recipe.eval_tasks})
+    eval_config = ShapeWorldConfig.preset(recipe.eval_preset, task_counts={t: 1 for t in recipe.eval_tasks},
+                                          **recipe.scene_overrides)
     held_out = write_dataset(data_dir, n=recipe.eval_scenes, seed=recipe.seed + 1, split=recipe.eval_split,
                              config=eval_config, workers=workers, coordinates=False)
     log(f"data: {recipe.eval_split} {held_out.images} scenes, records {held_out.records}")
     records = list(read_records(data_dir / "train.fo1.jsonl"))
     for number, (name, plan) in enumerate(stage_plans(recipe)):
-        text = text_records(recipe, plan.text, seed=recipe.seed * 100 + number, lookup_items=plan.lookup_items)
+        text = text_records(recipe, plan.text, seed=recipe.seed * 100 + number, lookup_items=plan.lookup_items,
+                            lookup_queries=plan.lookup_queries)
         write_records(data_dir / f"{name}.fo1.jsonl", take_tasks(records, plan.tasks) + text)
     return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
 
 
-def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_items: int = 6) -> list[FO1Record]:
+def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_items: int = 6,
+                 lookup_queries: int = 2) -> list[FO1Record]:
     """The text-only records a stage plan asks for (`StagePlan.text`); the trainer shuffles them in."""
     from vlmfo1.data.shapeworld.text_tasks import lookup_records, repeat_records
 
@@ -201,7 +208,7 @@ def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_i
     if counts.get("repeat"):
         records += repeat_records(counts["repeat"], seed=seed, split=f"repeat{seed}")
     if counts.get("slot_lookup"):
-        records += lookup_records(counts["slot_lookup"], seed=seed, max_items=lookup_items, max_queries=2,
+        records += lookup_records(counts["slot_lookup"], seed=seed, max_items=lookup_items, max_queries=lookup_queries,
                                   split=f"slots{seed}", keys="slots", describe_share=recipe.lookup_describe_share)
     return records
 
