@@ -122,3 +122,23 @@ def test_random_repeat_words_are_short_letter_strings_and_region_tokens():
     assert 0.1 < (len(words) - len(plain)) / len(words) < 0.3
     with pytest.raises(ValueError, match="vocabulary"):
         repeat_records(1, seed=0, vocabulary="klingon")
+
+
+def test_present_share_takes_labels_from_the_list():
+    """Freely drawn labels name nothing in a short list about two times in three; at present_share 1
+    every label is a listed item's (or its shape's), so every answer names regions. Share 0 draws as
+    before (same records)."""
+    def none_share(records):
+        return sum(record.answer == "None" for record in records) / len(records)
+
+    free = lookup_records(300, seed=5, max_items=2, max_queries=1, keys="slots")
+    present = lookup_records(300, seed=5, max_items=2, max_queries=1, keys="slots", present_share=1.0)
+    assert none_share(free) > 0.5 and none_share(present) == 0.0
+    for record in present:
+        asked = re.fullmatch(r"Please detect (.+) in this image\. Answer the question with object indexes\.",
+                             record.prompt.split("\n")[-1]).group(1)
+        *colour, shape = asked.split()
+        assert any(s == shape and (not colour or c == colour[0]) for c, s in record.meta["items"])
+    assert lookup_records(50, seed=5, max_items=2, keys="slots", present_share=0.0) == lookup_records(50, seed=5, max_items=2, keys="slots")
+    with pytest.raises(ValueError, match="present_share"):
+        lookup_records(1, seed=0, keys="slots", present_share=1.5)

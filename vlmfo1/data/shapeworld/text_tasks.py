@@ -52,9 +52,15 @@ KEYS = ("letters", "regions", "slots")
 
 
 def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max_queries: int = 3,
-                  split: str = "lookup", keys: str = "letters", describe_share: float = 0.0) -> FO1Record:
+                  split: str = "lookup", keys: str = "letters", describe_share: float = 0.0,
+                  present_share: float = 0.0) -> FO1Record:
     """One look-up question over a random item list (repeats made likely so labels fit several);
-    `keys` "letters" ((A) (B) ...) or "regions" (FO1's detection form, see the module docstring)."""
+    `keys` "letters" ((A) (B) ...) or "regions" (FO1's detection form, see the module docstring).
+    About half of the queries drawn freely name nothing in the list (the answer is "None");
+    `present_share` of the queries are instead taken from a listed item, so that they have an answer
+    (more look-up signal per question while the skill forms)."""
+    if not 0.0 <= present_share <= 1.0:
+        raise ValueError(f"present_share must be in [0, 1], got {present_share}")
     if keys not in KEYS:
         raise ValueError(f"keys must be one of {KEYS}, got {keys!r}")
     if describe_share and keys == "letters":
@@ -71,8 +77,11 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
     queries: list[tuple[str | None, str | None]] = []
     for _ in range(int(rng.integers(1, max_queries + 1))):
         for _ in range(10):  # distinct queries; absent ones come from the full vocabulary
-            colour = str(rng.choice(colours if rng.random() < 0.15 else palette_c))
-            shape = str(rng.choice(shapes if rng.random() < 0.15 else palette_s))
+            if present_share and rng.random() < present_share:
+                colour, shape = items[int(rng.integers(n))]
+            else:
+                colour = str(rng.choice(colours if rng.random() < 0.15 else palette_c))
+                shape = str(rng.choice(shapes if rng.random() < 0.15 else palette_s))
             kind = rng.random()
             if keys != "letters":  # detection asks for a shape, with or without its colour
                 kind *= 0.8
@@ -135,9 +144,9 @@ def _describe_region(rng: np.random.Generator, index: int, split: str, items, me
 
 
 def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3, split: str = "lookup",
-                   keys: str = "letters", describe_share: float = 0.0) -> list[FO1Record]:
+                   keys: str = "letters", describe_share: float = 0.0, present_share: float = 0.0) -> list[FO1Record]:
     rng = np.random.default_rng([seed, 7919])
-    return [lookup_record(rng, k, max_items, max_queries, split, keys, describe_share) for k in range(n)]
+    return [lookup_record(rng, k, max_items, max_queries, split, keys, describe_share, present_share) for k in range(n)]
 
 
 REPEAT_PROMPT = "Repeat:"
