@@ -142,3 +142,36 @@ def test_present_share_takes_labels_from_the_list():
     assert lookup_records(50, seed=5, max_items=2, keys="slots", present_share=0.0) == lookup_records(50, seed=5, max_items=2, keys="slots")
     with pytest.raises(ValueError, match="present_share"):
         lookup_records(1, seed=0, keys="slots", present_share=1.5)
+
+
+def test_turns_ask_several_questions_about_one_list(small_shapeworld_tokenizer):
+    """Each turn is a detection over the same slots, answered from that turn's labels; the trainer's
+    encoding puts labels on every answer."""
+    from vlmfo1.parsing import parse_answer
+    from vlmfo1.processing.image_processing import FO1ImageProcessor
+    from vlmfo1.processing.processing_fo1 import FO1Processor
+    from vlmfo1.training.data import encode_record
+
+    records = lookup_records(50, seed=6, max_items=4, max_queries=1, keys="slots", turns=3, present_share=0.5)
+    for record in records:
+        record.validate()
+        assert [turn["from"] for turn in record.conversations] == ["human", "gpt"] * 3
+        items = record.meta["items"]
+        assert record.region_text == [f"{c} {s}" for c, s in items]
+        for question, answer in zip(record.conversations[::2], record.conversations[1::2]):
+            labels = re.fullmatch(r"Please detect (.+) in this image\. Answer the question with object indexes\.",
+                                  question["value"]).group(1)
+            *colour, shape = labels.split()
+            fitting = [k for k, (c, s) in enumerate(items) if s == shape and (not colour or c == colour[0])]
+            parsed = parse_answer(answer["value"])
+            assert [r.index for g in parsed.groups for r in g.regions] == fitting
+            assert (answer["value"] == "None") == (not fitting)
+    assert len(records[0].meta["more_queries"]) == 2
+
+    processor = FO1Processor(FO1ImageProcessor(), small_shapeworld_tokenizer)
+    sample = encode_record(records[0], None, processor)
+    supervised = small_shapeworld_tokenizer.decode(sample["labels"][sample["labels"] != -100])
+    assert supervised.count("<|im_end|>") == 3
+    assert all(turn["value"] in supervised for turn in records[0].conversations[1::2])
+    with pytest.raises(ValueError, match="turns"):
+        lookup_records(1, seed=0, turns=2)  # letter keys: one question

@@ -94,15 +94,16 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
                               scene_overrides={"objects_per_image": [1, 2]},
                               stage0=StagePlan({}, steps=2, learning_rate=1e-3, batch_size=4,
                                                text={"repeat": 3, "slot_lookup": 5, "repeat_random": 2}, lookup_items=3,
-                                               lookup_queries=1, lookup_present_share=1.0))
+                                               lookup_queries=1, lookup_present_share=1.0, lookup_turns=2))
     data = tmp_path / "data"
     make_data(recipe, data, log=lambda _: None)
     stage0 = list(read_records(data / "stage0.fo1.jsonl"))
     assert [r.task for r in stage0] == ["text_repeat"] * 5 + ["text_lookup"] * 5
     assert [r.id.split("-")[0] for r in stage0[:5]] == ["random0"] * 2 + ["repeat0"] * 3
     assert all(2 <= len(r.region_text) <= 3 for r in stage0[5:])
-    # One label asked, always one the list holds.
-    assert all(r.conversations[1]["value"].count("<ground>") == 1 for r in stage0[5:])
+    # Two questions per list, each for one label the list holds.
+    assert all(len(r.conversations) == 4 for r in stage0[5:])
+    assert all(turn["value"].count("<ground>") == 1 for r in stage0[5:] for turn in r.conversations[1::2])
     for split in ("train", recipe.eval_split):  # the simpler world, for training and held-out scenes alike
         coco = json.loads((data / f"{split}.coco.json").read_text())
         per_image = Counter(a["image_id"] for a in coco["annotations"])

@@ -72,6 +72,7 @@ class StagePlan:
     lookup_items: int = 6  # the most items in this stage's slot look-up lists
     lookup_queries: int = 2  # the most labels one slot look-up question asks for
     lookup_present_share: float = 0.0  # share of look-up labels taken from the list (`lookup_records(present_share=)`)
+    lookup_turns: int = 1  # questions per slot look-up conversation (`lookup_records(turns=)`)
     # Changes to the stage preset (`StageSpec` fields), e.g. {"learning_rates": {"connector": 1e-4}}.
     spec_changes: dict[str, Any] = field(default_factory=dict)
 
@@ -190,13 +191,14 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     records = list(read_records(data_dir / "train.fo1.jsonl"))
     for number, (name, plan) in enumerate(stage_plans(recipe)):
         text = text_records(recipe, plan.text, seed=recipe.seed * 100 + number, lookup_items=plan.lookup_items,
-                            lookup_queries=plan.lookup_queries, lookup_present_share=plan.lookup_present_share)
+                            lookup_queries=plan.lookup_queries, lookup_present_share=plan.lookup_present_share,
+                            lookup_turns=plan.lookup_turns)
         write_records(data_dir / f"{name}.fo1.jsonl", take_tasks(records, plan.tasks) + text)
     return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
 
 
 def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_items: int = 6,
-                 lookup_queries: int = 2, lookup_present_share: float = 0.0) -> list[FO1Record]:
+                 lookup_queries: int = 2, lookup_present_share: float = 0.0, lookup_turns: int = 1) -> list[FO1Record]:
     """The text-only records a stage plan asks for (`StagePlan.text`); the trainer shuffles them in."""
     from vlmfo1.data.shapeworld.text_tasks import lookup_records, repeat_records
 
@@ -211,7 +213,7 @@ def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_i
     if counts.get("slot_lookup"):
         records += lookup_records(counts["slot_lookup"], seed=seed, max_items=lookup_items, max_queries=lookup_queries,
                                   split=f"slots{seed}", keys="slots", describe_share=recipe.lookup_describe_share,
-                                  present_share=lookup_present_share)
+                                  present_share=lookup_present_share, turns=lookup_turns)
     return records
 
 

@@ -53,18 +53,22 @@ KEYS = ("letters", "regions", "slots")
 
 def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max_queries: int = 3,
                   split: str = "lookup", keys: str = "letters", describe_share: float = 0.0,
-                  present_share: float = 0.0) -> FO1Record:
+                  present_share: float = 0.0, turns: int = 1) -> FO1Record:
     """One look-up question over a random item list (repeats made likely so labels fit several);
     `keys` "letters" ((A) (B) ...) or "regions" (FO1's detection form, see the module docstring).
     About half of the queries drawn freely name nothing in the list (the answer is "None");
     `present_share` of the queries are instead taken from a listed item, so that they have an answer
-    (more look-up signal per question while the skill forms)."""
+    (more look-up signal per question while the skill forms). With `turns` > 1 (region keys), the
+    same list is asked `turns` questions in one conversation: a look-up answer is a token or two, so
+    more turns put more of the skill's signal in each sequence."""
     if not 0.0 <= present_share <= 1.0:
         raise ValueError(f"present_share must be in [0, 1], got {present_share}")
     if keys not in KEYS:
         raise ValueError(f"keys must be one of {KEYS}, got {keys!r}")
     if describe_share and keys == "letters":
         raise ValueError("describe_share needs keys='regions' or 'slots'")
+    if turns < 1 or (turns > 1 and keys == "letters"):
+        raise ValueError(f"turns must be >= 1, and more than one needs keys='regions' or 'slots'; got {turns}")
     if keys != "letters" and max_items > prompts.MAX_REGIONS:
         raise ValueError(f"at most {prompts.MAX_REGIONS} items can be keyed by region tokens, got max_items={max_items}")
     colours, shapes = list(COLOURS), list(SHAPES)
@@ -74,27 +78,46 @@ def lookup_record(rng: np.random.Generator, index: int, max_items: int = 12, max
     palette_s = rng.choice(shapes, size=min(len(shapes), int(rng.integers(2, 5))), replace=False)
     items = [(str(rng.choice(palette_c)), str(rng.choice(palette_s))) for _ in range(n)]
 
-    queries: list[tuple[str | None, str | None]] = []
-    for _ in range(int(rng.integers(1, max_queries + 1))):
-        for _ in range(10):  # distinct queries; absent ones come from the full vocabulary
-            if present_share and rng.random() < present_share:
-                colour, shape = items[int(rng.integers(n))]
-            else:
-                colour = str(rng.choice(colours if rng.random() < 0.15 else palette_c))
-                shape = str(rng.choice(shapes if rng.random() < 0.15 else palette_s))
-            kind = rng.random()
-            if keys != "letters":  # detection asks for a shape, with or without its colour
-                kind *= 0.8
-            query = (colour, shape) if kind < 0.5 else ((None, shape) if kind < 0.8 else (colour, None))
-            if query not in queries:
-                queries.append(query)
-                break
+    def draw_queries() -> list[tuple[str | None, str | None]]:
+        queries: list[tuple[str | None, str | None]] = []
+        for _ in range(int(rng.integers(1, max_queries + 1))):
+            for _ in range(10):  # distinct queries; absent ones come from the full vocabulary
+                if present_share and rng.random() < present_share:
+                    colour, shape = items[int(rng.integers(n))]
+                else:
+                    colour = str(rng.choice(colours if rng.random() < 0.15 else palette_c))
+                    shape = str(rng.choice(shapes if rng.random() < 0.15 else palette_s))
+                kind = rng.random()
+                if keys != "letters":  # detection asks for a shape, with or without its colour
+                    kind *= 0.8
+                query = (colour, shape) if kind < 0.5 else ((None, shape) if kind < 0.8 else (colour, None))
+                if query not in queries:
+                    queries.append(query)
+                    break
+        return queries
 
-    meta = {"items": [list(item) for item in items], "queries": [list(q) for q in queries]}
-    if keys != "letters" and rng.random() < describe_share:
-        return _describe_region(rng, index, split, items, meta, slots=keys == "slots")
-    if keys != "letters":
-        return _region_keyed(index, split, items, queries, meta, slots=keys == "slots")
+    queries = draw_queries()
+    meta: dict = {"items": [list(item) for item in items], "queries": [list(q) for q in queries]}
+    if keys == "letters":
+        return _letter_keyed(index, split, items, queries, meta)
+    listed, region_text = _listing(items, slots=keys == "slots")
+    conversations = []
+    for turn in range(turns):
+        if turn:
+            queries = draw_queries()
+        if rng.random() < describe_share:
+            question, answer, target = _describe_turn(rng, items)
+            meta.setdefault("described", target)
+        else:
+            question, answer = _detection_turn(items, queries)
+        if turn:
+            meta.setdefault("more_queries", []).append([list(q) for q in queries])
+        conversations += [{"from": "human", "value": (listed if not turn else "") + question}, {"from": "gpt", "value": answer}]
+    return FO1Record(id=f"{split}-{index:06d}", image=None, conversations=conversations, task="text_lookup", meta=meta,
+                     region_text=region_text or [])
+
+
+def _letter_keyed(index: int, split: str, items, queries, meta) -> FO1Record:
     listed = " ".join(f"({MARKERS[k]}) {colour} {shape}" for k, (colour, shape) in enumerate(items))
     labels, answers = [], []
     for colour, shape in queries:
@@ -117,19 +140,15 @@ def _listing(items, slots: bool) -> tuple[str, list[str] | None]:
     return " ".join(f"{prompts.region_token(k)} {colour} {shape}" for k, (colour, shape) in enumerate(items)) + "\n", None
 
 
-def _region_keyed(index: int, split: str, items, queries, meta, slots: bool) -> FO1Record:
-    listed, region_text = _listing(items, slots)
+def _detection_turn(items, queries) -> tuple[str, str]:
     # Detection labels are singular ("red circle", "star"), as ShapeWorld's detection questions ask.
     labels = [" ".join(w for w in query if w) for query in queries]
     groups = [(label, [k for k, item in enumerate(items) if colour in (None, item[0]) and shape == item[1]])
               for label, (colour, shape) in zip(labels, queries)]
-    return FO1Record.single_turn(
-        id=f"{split}-{index:06d}", image=None, prompt=f"{listed}{prompts.detection_prompt(labels)}",
-        answer=prompts.format_grounded_answer(groups), task="text_lookup", meta=meta, region_text=region_text,
-    )
+    return prompts.detection_prompt(labels), prompts.format_grounded_answer(groups)
 
 
-def _describe_region(rng: np.random.Generator, index: int, split: str, items, meta, slots: bool) -> FO1Record:
+def _describe_turn(rng: np.random.Generator, items) -> tuple[str, str, int]:
     target = int(rng.integers(len(items)))
     colour, shape = items[target]
     region = prompts.region_token(target)
@@ -138,15 +157,15 @@ def _describe_region(rng: np.random.Generator, index: int, split: str, items, me
         (f"What colour is {region}?", colour),
         (prompts.brief_caption_prompt(region), f"{colour} {shape}"),
     ][int(rng.integers(3))]
-    listed, region_text = _listing(items, slots)
-    return FO1Record.single_turn(id=f"{split}-{index:06d}", image=None, prompt=f"{listed}{question}", answer=answer,
-                                 task="text_lookup", meta={**meta, "described": target}, region_text=region_text)
+    return question, answer, target
 
 
 def lookup_records(n: int, seed: int, max_items: int = 12, max_queries: int = 3, split: str = "lookup",
-                   keys: str = "letters", describe_share: float = 0.0, present_share: float = 0.0) -> list[FO1Record]:
+                   keys: str = "letters", describe_share: float = 0.0, present_share: float = 0.0,
+                   turns: int = 1) -> list[FO1Record]:
     rng = np.random.default_rng([seed, 7919])
-    return [lookup_record(rng, k, max_items, max_queries, split, keys, describe_share, present_share) for k in range(n)]
+    return [lookup_record(rng, k, max_items, max_queries, split, keys, describe_share, present_share, turns)
+            for k in range(n)]
 
 
 REPEAT_PROMPT = "Repeat:"
