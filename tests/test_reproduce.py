@@ -239,6 +239,12 @@ def test_budgets_share_the_recipe_plans(reproduce):
         plan, small_plan = getattr(tuned, f"stage{number}"), getattr(small.recipe, f"stage{number}")
         assert (small_plan.tasks, small_plan.learning_rate, small_plan.batch_size) == (plan.tasks, plan.learning_rate, plan.batch_size)
     assert full.twin_rates() == (tuned.stage2.learning_rate,) * 2
+    assert [(p.tasks, p.learning_rate, p.schedule) for p in small.recipe.language] == [
+        (p.tasks, p.learning_rate, p.schedule) for p in tuned.language]
+    # A shorter plan keeps its mix: its text records scale with it (at least one of each kind).
+    plan = reproduce.StagePlan({"image_qa": 4}, steps=1000, learning_rate=1e-3, text={"slot_lookup": 640, "repeat": 3})
+    short = reproduce._steps(plan, 100, text_scale=0.1)
+    assert (short.steps, short.text, short.tasks, short.batch_size) == (100, {"slot_lookup": 64, "repeat": 1}, plan.tasks, plan.batch_size)
     with pytest.raises(ValueError, match="unknown budget"):
         reproduce.budget("huge")
 
