@@ -15,7 +15,7 @@ No small pre-trained VLM exists offline, so the recipe makes its own base VLM fi
    ShapeWorld grounding scores of detection and REC.
 
 `DemoRecipe()` is the recipe of the bundled model as shipped. `DemoRecipe.language_first()` is the
-chain under test (docs/training.md, session 4): **language stages** before stage 0 (text only, the
+chain under test (docs/training.md, sessions 4-5): **language stages** before stage 0 (text only, the
 LLM alone: copying with `repeat_records`, then detection over word-filled region slots with
 `lookup_records(keys="slots")`), those skills mixed into stages 0 and 2 (`StagePlan.text`), FO1
 rows started at 8x, and stage 1 keeping the trained FO1 rows with the connector at a low rate
@@ -111,30 +111,39 @@ class DemoRecipe:
 
     @classmethod
     def language_first(cls, **overrides) -> "DemoRecipe":
-        """The session-4 chain, not yet the bundled model's recipe (docs/training.md): FO1 rows start
-        at 8x; language stages before stage 0 (copying random text with region tokens in it, a
-        general copier, then slot look-ups over 2 items at a constant rate: each step is what the
-        next one needed to form); look-ups mixed into stages 0 and 2; stage 1
-        keeps the FO1 rows the earlier stages trained (the preset's reset to the mean would make the
-        100 region rows one vector) and runs the connector at 1e-4."""
+        """The chain under test, not yet the bundled model's recipe (docs/training.md, sessions 4-5).
+
+        FO1 rows start at 8x. Language stages before stage 0, the LLM alone at batch 64 and a
+        constant rate (the look-up leaves its plateau late; a decayed rate stalls it):
+        language0 copies random text with region tokens in it (a general copier); language1 asks
+        2-item slot look-ups, language2 lists of up to 4, each with a quarter of ShapeWorld-word
+        repeats (copying the words the look-up compares, and not forgetting to copy). Every look-up
+        asks one label, mostly one the list holds (`lookup_present_share`), four questions per list
+        (`lookup_turns`). Look-ups are mixed into stages 0 and 2; stage 1 keeps the FO1 rows the
+        earlier stages trained (the preset's reset to the mean would make the 100 region rows one
+        vector) and runs the connector at 1e-4. The image stages use a simpler world: 1-4 objects
+        and 0-2 background proposals per scene."""
         keep_rows = {"init_new_token_rows": None}
         slow_connector = {"learning_rates": {"connector": 1e-4}}
+        lookup = dict(lookup_queries=1, lookup_present_share=0.8, lookup_turns=4)
+        constant = dict(learning_rate=1e-3, batch_size=64, warmup=0.03, schedule="constant_with_warmup")
         settings: dict[str, Any] = dict(
             fo1_row_scale=8.0,
+            lookup_describe_share=0.0,
+            scene_overrides={"objects_per_image": [1, 4], "background_proposals": [0, 2]},
             language=(
                 StagePlan({}, steps=800, learning_rate=1e-3, batch_size=64, text={"repeat_random": 800 * 64}),
-                # A constant rate: the look-up leaves its plateau late, and a cosine has decayed by then
-                # (formed at a nearly constant 1e-3, 97 %; only partly under a 750-step cosine, 59 %).
-                # A quarter repeats: trained on look-ups alone, the copier forgot copying (0 % of region tokens).
-                StagePlan({}, steps=1000, learning_rate=1e-3, batch_size=64, warmup=0.03, schedule="constant_with_warmup",
-                          text={"slot_lookup": 750 * 64, "repeat_random": 250 * 64}, lookup_items=2),
+                StagePlan({}, steps=1000, **constant, text={"slot_lookup": 750 * 64, "repeat": 250 * 64},
+                          lookup_items=2, **lookup),
+                StagePlan({}, steps=500, **constant, text={"slot_lookup": 375 * 64, "repeat": 125 * 64},
+                          lookup_items=4, **lookup),
             ),
             stage0=StagePlan({"image_qa": 4}, steps=500, learning_rate=1e-3, batch_size=8,
-                             text={"slot_lookup": 2000, "repeat_random": 500}, lookup_items=6),
+                             text={"slot_lookup": 2000, "repeat_random": 500}, lookup_items=4, **lookup),
             stage1=StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3,
                              spec_changes={**keep_rows, **slow_connector}),
             stage2=StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4,
-                             text={"slot_lookup": 1000}, spec_changes=slow_connector),
+                             text={"slot_lookup": 1000}, lookup_items=4, spec_changes=slow_connector, **lookup),
         )
         settings.update(overrides)
         return cls(**settings)
