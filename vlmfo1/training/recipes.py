@@ -2,7 +2,8 @@
 
 No small pre-trained VLM exists offline, so the recipe makes its own base VLM first:
 
-1. data: a ShapeWorld train split (the `train` preset) and a held-out split of new scenes;
+1. data: a ShapeWorld train split (the `train` preset, changed by `scene_overrides`) and a held-out
+   split of new scenes;
 2. a byte-level BPE tokenizer trained on ShapeWorld text (Qwen's special tokens + the FO1 tokens);
 3. **stage 0** (stands in for the base VLM's pre-training): a random `demo`-size FO1 learns
    image-level ShapeWorld questions ("Is there a blue square in this image?") with no regions;
@@ -113,10 +114,10 @@ class DemoRecipe:
     def language_first(cls, **overrides) -> "DemoRecipe":
         """The chain under test, not yet the bundled model's recipe (docs/training.md, sessions 4-5).
 
-        FO1 rows start at 8x. Language stages before stage 0, the LLM alone at batch 64 and a
-        constant rate (the look-up leaves its plateau late; a decayed rate stalls it):
+        FO1 rows start at 8x. Language stages before stage 0, the LLM alone at batch 64:
         language0 copies random text with region tokens in it (a general copier); language1 asks
-        2-item slot look-ups, language2 lists of up to 4, each with a quarter of ShapeWorld-word
+        2-item slot look-ups, language2 lists of up to 4, both at a constant rate (the look-up
+        leaves its plateau late; a decayed rate stalls it) and each with a quarter of ShapeWorld-word
         repeats (copying the words the look-up compares, and not forgetting to copy). Every look-up
         asks one label, mostly one the list holds (`lookup_present_share`), four questions per list
         (`lookup_turns`). Look-ups are mixed into stages 0 and 2; stage 1 keeps the FO1 rows the
