@@ -59,3 +59,22 @@ def test_language_checks_report_copy_and_each_list_length(processor):
     assert report["copy"]["region_chance"] == 0.0  # repeats have no slots
     copied = sum(r.answer.count("<region") for r in repeat_records(12, seed=12, split="check"))
     assert report["copy"]["region_tokens"] == copied > 0
+
+
+def test_image_records_read_their_images_and_count_their_boxes(processor, tmp_path):
+    """The same check on ShapeWorld detection records (regions from pixels): the images are read
+    from `image_root`, chance is a uniform guess among each record's boxes."""
+    from vlmfo1.data.records import read_records
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+
+    config = ShapeWorldConfig.train(objects_per_image=(2, 3), image_size=(64, 64), task_counts={"detection": 2})
+    write_dataset(tmp_path, n=3, seed=0, split="val", config=config, coordinates=False)
+    records = [r for r in read_records(tmp_path / "val.fo1.jsonl") if "<region" in r.answer]
+    assert records
+    vocab = len(processor.tokenizer)
+    oracle = teacher_forced_accuracy(NextTokenModel(vocab), processor, records, image_root=tmp_path)
+    assert oracle["region"] == oracle["word"] == 1.0
+    expected = sum(r.answer.count("<region") / len(r.bbox_list) for r in records) / oracle["region_tokens"]
+    assert oracle["region_chance"] == round(expected, 3)
+    with pytest.raises(ValueError, match="image_root"):
+        teacher_forced_accuracy(NextTokenModel(vocab), processor, records)

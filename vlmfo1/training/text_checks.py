@@ -11,6 +11,8 @@ stage instead of assuming it:
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -24,12 +26,23 @@ def region_token_ids(tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def teacher_forced_accuracy(model, processor, records: Sequence[FO1Record], batch_size: int = 16) -> dict[str, float]:
+def teacher_forced_accuracy(model, processor, records: Sequence[FO1Record], batch_size: int = 16,
+                            image_root: str | os.PathLike | None = None) -> dict[str, float]:
     """Answer tokens predicted right with the true prefix given: `region` (region index tokens),
     `word` (every other answer token, `<|im_end|>` included), `region_chance` (a uniform guess among
-    each record's region slots, for records that have them) and the token counts."""
+    each record's regions, word-filled slots or boxes, for records that have them) and the token
+    counts. Records with an image (e.g. ShapeWorld detection records) read it from `image_root`:
+    the same check then measures whether a look-up carries over to image regions."""
+    from vlmfo1.processing.image_processing import load_image
     from vlmfo1.training.collator import FO1Collator
     from vlmfo1.training.data import encode_record
+
+    def image_of(record: FO1Record):
+        if record.image is None:
+            return None
+        if image_root is None:
+            raise ValueError(f"record {record.id!r} has an image: pass image_root")
+        return load_image(Path(image_root) / record.image)
 
     collate = FO1Collator(processor.tokenizer.pad_token_id)
     region_ids = region_token_ids(processor.tokenizer)
@@ -41,7 +54,7 @@ def teacher_forced_accuracy(model, processor, records: Sequence[FO1Record], batc
     device = next(model.parameters()).device
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        batch = collate([encode_record(r, None, processor) for r in chunk])
+        batch = collate([encode_record(r, image_of(r), processor) for r in chunk])
         labels = batch.pop("labels")[:, 1:]
         predicted = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, :-1].argmax(-1).cpu()
         answer = labels >= 0
@@ -50,8 +63,9 @@ def teacher_forced_accuracy(model, processor, records: Sequence[FO1Record], batc
             right[kind] += int((predicted[where] == labels[where]).sum())
             total[kind] += int(where.sum())
         for record, n in zip(chunk, is_region.sum(-1).tolist()):
-            if n and record.region_text:
-                chance += n / len(record.region_text)
+            regions = len(record.region_text) or len(record.bbox_list)
+            if n and regions:
+                chance += n / regions
     model.train(was_training)
     return {
         "region": round(right["region"] / max(total["region"], 1), 3),
