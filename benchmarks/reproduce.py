@@ -350,21 +350,12 @@ def score_items(items: Sequence[FO1Record], predictions: dict[str, Prediction], 
 
 def detection_map(items: Sequence[FO1Record], predictions: dict[str, Prediction], coco: dict[str, Any], scoring: str) -> dict[str, Any]:
     """COCO bbox AP of the answers to "detect everything" (labels that are no shape are dropped)."""
-    from vlmfo1.evaluation.metrics.detection import coco_bbox_map, detections_to_coco_results
+    from vlmfo1.evaluation.metrics.detection import image_subset_map
 
-    category_ids = {c["name"]: c["id"] for c in coco["categories"]}
-    results, unknown = [], 0
-    for item in items:
-        labelled = [(label or "", box, box_scores[scoring]) for label, box, box_scores in predictions[item.id].detections]
-        found, missing = detections_to_coco_results(item.meta["scene_index"], labelled, category_ids)
-        results += found
-        unknown += len(missing)
-    images = {item.meta["scene_index"] for item in items}
-    gt = {**coco, "images": [i for i in coco["images"] if i["id"] in images],
-          "annotations": [a for a in coco["annotations"] if a["image_id"] in images]}
-    stats = coco_bbox_map(gt, results)
-    return {**{key: stats[key] for key in ("AP", "AP50", "AP75", "AR100")},
-            "images": len(images), "detections": len(results), "unknown_labels": unknown}
+    stats = image_subset_map(coco, [
+        (item.meta["scene_index"], [(label or "", box, scores[scoring]) for label, box, scores in predictions[item.id].detections])
+        for item in items])
+    return {key: stats[key] for key in ("AP", "AP50", "AP75", "AR100", "images", "detections", "unknown_labels")}
 
 
 def reference_scores(heldout: HeldOut, items: Sequence[FO1Record]) -> dict[str, Any]:

@@ -38,23 +38,17 @@ def answer_detect_everything(pipeline, items) -> dict[str, list]:
 
 def mode_maps(items, regions: dict[str, list], coco: dict[str, Any], modes: Sequence[str] = SCORE_MODES) -> dict[str, dict]:
     """COCO bbox metrics of the same detections under each score mode."""
-    from vlmfo1.evaluation.metrics.detection import coco_bbox_map, detections_to_coco_results
+    from vlmfo1.evaluation.metrics.detection import image_subset_map
 
-    category_ids = {c["name"]: c["id"] for c in coco["categories"]}
-    images = {item.target["meta"]["scene_index"] for item in items}
-    gt = {**coco, "images": [i for i in coco["images"] if i["id"] in images],
-          "annotations": [a for a in coco["annotations"] if a["image_id"] in images]}
     table = {}
     for mode in modes:
-        results, dropped = [], 0
-        for item in items:
-            labelled = [(r.label, r.box, select_score(mode, r.proposal_score, r.llm_score)) for r in regions[item.id]]
-            found, _ = detections_to_coco_results(item.target["meta"]["scene_index"], labelled, category_ids)
-            results += found
-            dropped += len(labelled) - len(found)
-        metrics = coco_bbox_map(gt, results)
+        metrics = image_subset_map(coco, [
+            (item.target["meta"]["scene_index"],
+             [(r.label, r.box, select_score(mode, r.proposal_score, r.llm_score)) for r in regions[item.id]])
+            for item in items])
         # Regions named under a label that is no category (as upstream, they are no detection).
-        table[mode] = {**{k: metrics[k] for k in METRICS}, "detections": len(results), "unknown_label_regions": dropped}
+        table[mode] = {**{k: metrics[k] for k in METRICS}, "detections": metrics["detections"],
+                       "unknown_label_regions": metrics["unknown_label_detections"]}
     return table
 
 

@@ -207,3 +207,23 @@ def test_nms_ap_drops_when_labels_are_shuffled():
     shuffled = [dict(r, category_id=3 - r["category_id"]) for r in perfect]
     assert ovdeval_nms_ap(gt, perfect)["AP"] == pytest.approx(1.0)
     assert ovdeval_nms_ap(gt, shuffled)["AP"] == pytest.approx(0.0)
+
+
+def test_image_subset_map_scores_only_the_answered_images_and_counts_dropped_labels():
+    from vlmfo1.evaluation.metrics.detection import image_subset_map
+
+    coco = {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "categories": [{"id": 7, "name": "circle"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+    }
+    # Image 2 is not answered: its object is no miss. "red circle" is no category: dropped, counted.
+    stats = image_subset_map(coco, [(1, [("circle", [10, 10, 30, 30], 0.9), ("red circle", [0, 0, 5, 5], 0.8),
+                                         ("red circle", [1, 1, 5, 5], 0.7)])])
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
+    assert (stats["images"], stats["detections"], stats["unknown_label_detections"], stats["unknown_labels"]) == (1, 1, 2, 1)
+    both = image_subset_map(coco, [(1, [("circle", [10, 10, 30, 30], 0.9)]), (2, [])])
+    assert both["AR100"] == pytest.approx(0.5)

@@ -421,7 +421,7 @@ def evaluate_shapeworld(
     import tempfile
 
     from vlmfo1.evaluation.adapters.shapeworld import load_shapeworld
-    from vlmfo1.evaluation.metrics.detection import coco_bbox_map, detections_to_coco_results
+    from vlmfo1.evaluation.metrics.detection import image_subset_map
     from vlmfo1.evaluation.predictions import read_prediction_records
     from vlmfo1.evaluation.runner import run_evaluation
     from vlmfo1.parsing import parse_answer
@@ -442,23 +442,15 @@ def evaluate_shapeworld(
     report: dict[str, Any] = {"split": split, "num_records": len(dataset), "generation_seconds": round(seconds, 1),
                               "shapeworld": run["metrics"]}
     coco = json.loads((data_dir / f"{split}.coco.json").read_text())
-    category_ids = {c["name"]: c["id"] for c in coco["categories"]}
     everything = [item for item in dataset.items if item.target["task"] == "detect_everything"]
     if everything:
-        results, unknown = [], []
+        detections = []
         for item in everything:
             parsed = parse_answer(answers[item.id], item.proposals, item.proposal_scores)
-            detections = [(g.label, ref.box, ref.score) for g in parsed.groups for ref in g.regions]
-            found, missing = detections_to_coco_results(item.target["meta"]["scene_index"], detections, category_ids)
-            results += found
-            unknown += missing
-        images = {item.target["meta"]["scene_index"] for item in everything}
-        gt = {**coco, "images": [i for i in coco["images"] if i["id"] in images],
-              "annotations": [a for a in coco["annotations"] if a["image_id"] in images]}
-        detection = coco_bbox_map(gt, results)
-        report["detection_map"] = {k: detection[k] for k in ("AP", "AP50", "AP75", "AR100")}
-        report["detection_map"]["images"] = len(images)
-        report["detection_map"]["unknown_labels"] = len(unknown)
+            detections.append((item.target["meta"]["scene_index"],
+                               [(g.label, ref.box, ref.score) for g in parsed.groups for ref in g.regions]))
+        detection = image_subset_map(coco, detections)
+        report["detection_map"] = {k: detection[k] for k in ("AP", "AP50", "AP75", "AR100", "images", "unknown_labels")}
     if "counting" in report["shapeworld"]["per_task"]:
         report["counting"] = report["shapeworld"]["per_task"]["counting"]
     if out_dir is not None:

@@ -99,6 +99,30 @@ def coco_bbox_map(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -
     return metrics
 
 
+def image_subset_map(
+    coco: Mapping[str, Any], detections: Iterable[tuple[Any, Sequence[tuple[str, Sequence[float], float]]]]
+) -> dict[str, Any]:
+    """COCO bbox AP/AR of FO1 detections on some images of a COCO dataset, scored against those
+    images' ground truth only. `detections`: ``(image_id, [(label, xyxy box, score), ...])`` per
+    answer. Returns `coco_bbox_map`'s numbers plus ``images``, ``detections`` (kept),
+    ``unknown_label_detections`` (dropped: their label is no category) and ``unknown_labels`` (the
+    distinct such labels, counted per answer)."""
+    category_ids = {category["name"]: category["id"] for category in coco["categories"]}
+    results: list[dict[str, Any]] = []
+    images, dropped, unknown = set(), 0, 0
+    for image_id, labelled in detections:
+        labelled = list(labelled)
+        found, missing = detections_to_coco_results(image_id, labelled, category_ids)
+        results += found
+        dropped += len(labelled) - len(found)
+        unknown += len(missing)
+        images.add(image_id)
+    gt = {**coco, "images": [i for i in coco["images"] if i["id"] in images],
+          "annotations": [a for a in coco["annotations"] if a["image_id"] in images]}
+    return {**coco_bbox_map(gt, results), "images": len(images), "detections": len(results),
+            "unknown_label_detections": dropped, "unknown_labels": unknown}
+
+
 def ovdeval_nms_filter(
     gt_annotations: Sequence[Mapping[str, Any]],
     results: Sequence[Mapping[str, Any]],
