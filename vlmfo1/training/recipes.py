@@ -200,18 +200,17 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     log(f"data: {recipe.eval_split} {held_out.images} scenes, records {held_out.records}")
     records = list(read_records(data_dir / "train.fo1.jsonl"))
     for number, (name, plan) in enumerate(stage_plans(recipe)):
-        text = text_records(recipe, plan.text, seed=recipe.seed * 100 + number, lookup_items=plan.lookup_items,
-                            lookup_queries=plan.lookup_queries, lookup_present_share=plan.lookup_present_share,
-                            lookup_turns=plan.lookup_turns)
+        text = text_records(recipe, plan, seed=recipe.seed * 100 + number)
         write_records(data_dir / f"{name}.fo1.jsonl", take_tasks(records, plan.tasks) + text)
     return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
 
 
-def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_items: int = 6,
-                 lookup_queries: int = 2, lookup_present_share: float = 0.0, lookup_turns: int = 1) -> list[FO1Record]:
-    """The text-only records a stage plan asks for (`StagePlan.text`); the trainer shuffles them in."""
+def text_records(recipe: DemoRecipe, plan: StagePlan, seed: int) -> list[FO1Record]:
+    """The text-only records a stage plan asks for (`StagePlan.text`, with its look-up settings);
+    the trainer shuffles them in."""
     from vlmfo1.data.shapeworld.text_tasks import lookup_records, repeat_records
 
+    counts = plan.text
     unknown = sorted(set(counts) - set(TEXT_TASKS))
     if unknown:
         raise ValueError(f"unknown text task(s) {unknown}; choose from {list(TEXT_TASKS)}")
@@ -221,9 +220,10 @@ def text_records(recipe: DemoRecipe, counts: dict[str, int], seed: int, lookup_i
     if counts.get("repeat"):
         records += repeat_records(counts["repeat"], seed=seed, split=f"repeat{seed}")
     if counts.get("slot_lookup"):
-        records += lookup_records(counts["slot_lookup"], seed=seed, max_items=lookup_items, max_queries=lookup_queries,
-                                  split=f"slots{seed}", keys="slots", describe_share=recipe.lookup_describe_share,
-                                  present_share=lookup_present_share, turns=lookup_turns)
+        records += lookup_records(counts["slot_lookup"], seed=seed, max_items=plan.lookup_items,
+                                  max_queries=plan.lookup_queries, split=f"slots{seed}", keys="slots",
+                                  describe_share=recipe.lookup_describe_share,
+                                  present_share=plan.lookup_present_share, turns=plan.lookup_turns)
     return records
 
 

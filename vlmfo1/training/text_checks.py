@@ -8,6 +8,9 @@ stage instead of assuming it:
   tokens and other tokens apart (copying `<regionK>` is the hard part);
 * `lookup{N}`: on held-out slot look-ups over at most N items, the share of the answers' region
   tokens predicted right, next to `chance` (a uniform guess among the listed items).
+
+`teacher_forced_accuracy` also takes image records (with `image_root`): on detection records it
+measures the same look-up over regions from pixels, the step after the language stages.
 """
 from __future__ import annotations
 
