@@ -181,8 +181,12 @@ def test_region_text_records_round_trip_and_define_their_regions(tmp_path):
     assert list(read_records(tmp_path / "t.jsonl")) == [record]
     with pytest.raises(RecordError, match="names <region2>, which neither region_text"):
         FO1Record.single_turn("t", None, "Find it.", "<region2>", region_text=["red circle", "blue star"]).validate()
-    with pytest.raises(RecordError, match="region_text is for text-only records"):
-        FO1Record.single_turn("t", "a.png", "Find it.", "none", region_text=["red circle"]).validate()
+    with pytest.raises(RecordError, match="region_text gives the words of each box: 1 texts for 2 boxes"):
+        FO1Record.single_turn("t", "a.png", "Find it.", "none", bbox_list=[[0, 0, 2, 2], [1, 1, 3, 3]], score_list=[0.9, 0.8],
+                              region_text=["red circle"]).validate()
+    # An image record may fill its boxes' slots with words: one text per box.
+    FO1Record.single_turn("t", "a.png", "Find it.", "<region1>", bbox_list=[[0, 0, 2, 2], [1, 1, 3, 3]], score_list=[0.9, 0.8],
+                          region_text=["red circle", "blue star"]).validate()
     with pytest.raises(RecordError, match="region_text 1 must be a non-empty string"):
         FO1Record.single_turn("t", None, "Find it.", "none", region_text=["red circle", " "]).validate()
     with pytest.raises(RecordError, match="at most 100 region tokens"):

@@ -55,3 +55,35 @@ def test_bad_coco_files_are_clear_errors(small_shapeworld_tokenizer, scenes, tmp
         pretrain_region_features(model, processor, empty, scenes, steps=1)
     with pytest.raises(ValueError, match="attribute 'weight' is missing"):
         pretrain_region_features(model, processor, scenes / "train.coco.json", scenes, steps=1, attributes=("weight",))
+
+
+def test_alignment_moves_region_tokens_onto_their_labels_word_sums(small_shapeworld_tokenizer, scenes):
+    from vlmfo1.training.region_pretraining import align_region_tokens
+
+    model, processor = init_tiny(None, size="tiny", tokenizer=small_shapeworld_tokenizer, max_pixels=112 * 112,
+                                 aux_image_size=64)
+    before = {name: digest(p) for name, p in model.named_parameters()}
+    history = align_region_tokens(model, processor, scenes / "train.coco.json", scenes, steps=80, batch_size=3,
+                                  learning_rate=3e-3, log=lambda line: None)
+    assert history["loss"][-1] < 0.2 * history["loss"][0]
+    assert history["nearest_label"][-1] == 1.0
+    groups = group_of_parameters(model)
+    trained = {groups[name] for name, p in model.named_parameters() if digest(p) != before[name]}
+    assert trained == {*ENCODER_GROUPS, "connector"}  # the LLM, its embeddings included, is untouched
+
+
+def test_label_embedding_is_what_a_word_filled_slot_holds(small_shapeworld_tokenizer):
+    from vlmfo1.data.records import FO1Record
+    from vlmfo1.training.collator import FO1Collator
+    from vlmfo1.training.data import encode_record
+    from vlmfo1.training.region_pretraining import label_embedding
+
+    model, processor = init_tiny(None, size="tiny", tokenizer=small_shapeworld_tokenizer)
+    record = FO1Record.single_turn(id="t", image=None, prompt="Please detect star in this image.",
+                                   answer="<ground>star</ground><objects><region1></objects>",
+                                   region_text=["red circle", "blue star"])
+    batch = FO1Collator(processor.tokenizer.pad_token_id)([encode_record(record, None, processor)])
+    embeds = model.embed_inputs(batch["input_ids"], region_text_ids=batch["region_text_ids"])
+    slots = embeds[0][batch["input_ids"][0] == model.config.region_token_id]
+    for slot, label in zip(slots, record.region_text):
+        torch.testing.assert_close(slot, label_embedding(model, processor.tokenizer, label))

@@ -1,6 +1,7 @@
 """Training data: proposal matching, answer rewriting, labels, collation, converters."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import re
@@ -147,6 +148,20 @@ def test_shuffled_regions_keep_naming_the_same_boxes():
         assert named(shuffled) == named(record)
         orders.add(tuple(map(tuple, shuffled.bbox_list)))
     assert len(orders) > 1
+
+
+def test_region_texts_move_with_their_boxes():
+    boxes = [[10 * k, 0, 10 * k + 5, 5] for k in range(6)]
+    record = dataclasses.replace(grounded_record(gt=boxes, answer=prompts.format_grounded_answer([("circle", [4, 1])])),
+                                 region_text=[f"word{k}" for k in range(6)])
+    text_of = lambda r: {tuple(b): t for b, t in zip(r.bbox_list, r.region_text)}
+    for changed in (shuffle_regions(record, np.random.default_rng(1)), keep_regions(record, 3, np.random.default_rng(1))):
+        assert changed.bbox_list != record.bbox_list
+        assert text_of(changed).items() <= text_of(record).items() and len(changed.region_text) == len(changed.bbox_list)
+        changed.validate()
+    # Proposals replace the boxes, and the words belong to the old ones: refused, not mismatched.
+    with pytest.raises(ValueError, match="has region_text, the words of its own boxes"):
+        attach_proposals(record, boxes, None, np.random.default_rng(0))
 
 
 def test_keep_regions_keeps_every_named_region_and_fills_up_with_others(tmp_path, processor, image_dir):
@@ -485,3 +500,23 @@ def test_region_text_slots_hold_word_embedding_sums_beside_image_regions(process
     tiny_model(**batch).loss.backward()
     assert embed.weight.grad[word].abs().sum() > 0
     tiny_model.zero_grad()
+
+
+def test_an_image_records_region_text_fills_its_own_slots_and_keeps_the_image(processor, image_dir, tiny_model):
+    plain = grounded_record(rid="w1", image="c.png")
+    words = dataclasses.replace(plain, region_text=[f"red shape{k}" for k in range(len(plain.bbox_list))])
+    image = Image.open(image_dir / "c.png")
+    plain_sample, words_sample = encode_record(plain, image, processor), encode_record(words, image, processor)
+    # The same prompt: the words go into the slots the boxes make, no second list of slots.
+    assert torch.equal(plain_sample["input_ids"], words_sample["input_ids"])
+    collate = FO1Collator(processor.tokenizer.pad_token_id)
+    keys = ("input_ids", "pixel_values", "image_grid_thw", "aux_pixel_values", "region_boxes", "region_text_ids")
+    with torch.no_grad():
+        plain_embeds = tiny_model.embed_inputs(*(collate([plain_sample]).get(k) for k in keys))[0]
+        words_embeds = tiny_model.embed_inputs(*(collate([words_sample]).get(k) for k in keys))[0]
+    ids = words_sample["input_ids"]
+    slots = ids == processor.region_token_id
+    embed = tiny_model.get_input_embeddings()
+    torch.testing.assert_close(words_embeds[slots], torch.stack([embed(t).sum(0) for t in words_sample["region_text_ids"]]))
+    torch.testing.assert_close(words_embeds[~slots], plain_embeds[~slots])  # image features and text as before
+    assert not torch.allclose(words_embeds[slots], plain_embeds[slots])

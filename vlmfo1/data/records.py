@@ -8,11 +8,13 @@ A record is one conversation about one image, with the proposal boxes its region
                        {"from": "gpt", "value": "<ground>red circle</ground><objects><region2></objects>"}],
      "meta": {...ground truth for scoring...}}
 
-`<regionK>` in any turn refers to ``bbox_list[K]``. A text-only record (``"image": null``) may instead
-carry ``"region_text": ["red circle", "blue star", ...]``: its region tokens then stand for words, each
-region slot holding the sum of its words' embeddings (`vlmfo1.training` fills them). It is a
-curriculum device for models trained from scratch: the LLM learns to retrieve over region slots
-before any image region exists (docs/training.md). `task`, `meta` and `region_text` are ours (upstream
+`<regionK>` in any turn refers to ``bbox_list[K]``. A record may also carry ``"region_text": ["red
+circle", "blue star", ...]``: its region slots then hold words instead of pixels, each slot the sum of
+its words' embeddings (`vlmfo1.training` fills them). In a text-only record (``"image": null``) the
+slots open the first user turn; in an image record there is one text per box, and the image's own
+slots get the words. It is a curriculum device for models trained from scratch: the LLM learns to
+retrieve over region slots before image regions mean anything, first in text, then beside an image
+(docs/training.md). `task`, `meta` and `region_text` are ours (upstream
 records have none of them); reading a record without them gives ``task="unknown"`` and ``meta={}``. Any other key is an
 error rather than being dropped: a record that does not round-trip would lose data silently.
 """
@@ -48,7 +50,7 @@ class FO1Record:
     score_list: list[float] = field(default_factory=list)  # one per box
     task: str = UNKNOWN_TASK
     meta: dict[str, Any] = field(default_factory=dict)  # exact ground truth for scoring
-    region_text: list[str] = field(default_factory=list)  # text-only records: the words each region slot holds
+    region_text: list[str] = field(default_factory=list)  # the words each region slot holds instead of pixels
 
     @classmethod
     def single_turn(
@@ -143,16 +145,17 @@ class FO1Record:
         if not isinstance(self.meta, dict):
             raise RecordError(f"{where}: meta must be an object, got {type(self.meta).__name__}")
         _validate_boxes(self.bbox_list, self.score_list, where)
-        _validate_region_text(self.region_text, self.image, where)
+        _validate_region_text(self.region_text, len(self.bbox_list), self.image, where)
         _validate_conversations(self.conversations, len(self.bbox_list), where, image_tags=int(self.image is not None),
                                 text_regions=len(self.region_text))
 
 
-def _validate_region_text(region_text: Any, image: str | None, where: str) -> None:
+def _validate_region_text(region_text: Any, num_boxes: int, image: str | None, where: str) -> None:
     if not isinstance(region_text, list):
         raise RecordError(f"{where}: region_text must be a list of strings")
-    if region_text and image is not None:
-        raise RecordError(f"{where}: region_text is for text-only records (image null); an image record's regions are its boxes")
+    if region_text and image is not None and len(region_text) != num_boxes:
+        raise RecordError(f"{where}: an image record's region_text gives the words of each box: "
+                          f"{len(region_text)} texts for {num_boxes} boxes")
     if len(region_text) > prompts.MAX_REGIONS:
         raise RecordError(f"{where}: {len(region_text)} region texts, at most {prompts.MAX_REGIONS} region tokens exist")
     for i, text in enumerate(region_text):

@@ -132,9 +132,21 @@ def rewrite_regions(text: str, mapping: Sequence[int]) -> str:
     return _REGION_RE.sub(replace, text)
 
 
-def _with_regions(record: FO1Record, boxes: list, scores: list, mapping: Sequence[int]) -> FO1Record:
+def _with_regions(record: FO1Record, boxes: list, scores: list, mapping: Sequence[int],
+                  texts: list[str] | None = None) -> FO1Record:
     turns = [{"from": t["from"], "value": rewrite_regions(t["value"], mapping)} for t in record.conversations]
-    return dataclasses.replace(record, bbox_list=boxes, score_list=scores, conversations=turns)
+    return dataclasses.replace(record, bbox_list=boxes, score_list=scores, conversations=turns,
+                               region_text=texts if texts is not None else [])
+
+
+def _regions_in_order(record: FO1Record, order: Sequence[int]) -> FO1Record:
+    """The record with its boxes (and their scores and region texts) at the old indexes `order`."""
+    mapping = [-1] * len(record.bbox_list)
+    for new, old in enumerate(order):
+        mapping[old] = new
+    return _with_regions(record, [record.bbox_list[k] for k in order],
+                         [record.score_list[k] for k in order] if record.score_list else [], mapping,
+                         [record.region_text[k] for k in order] if record.region_text else None)
 
 
 def attach_proposals(
@@ -146,6 +158,8 @@ def attach_proposals(
     max_regions: int = prompts.MAX_REGIONS,
 ) -> tuple[FO1Record, MatchResult]:
     """`record` (ground-truth boxes in `bbox_list`) with the proposals as its regions; answers rewritten."""
+    if record.region_text:
+        raise ValueError(f"record {record.id!r} has region_text, the words of its own boxes: it cannot take proposals")
     result = match_ground_truth(record.bbox_list, proposal_boxes, proposal_scores, rng, iou_threshold, max_regions)
     return _with_regions(record, result.boxes, result.scores, result.gt_to_region), result
 
@@ -161,23 +175,13 @@ def keep_regions(record: FO1Record, n: int, rng: np.random.Generator) -> FO1Reco
     named = {int(k) for turn in record.conversations for k in _REGION_RE.findall(turn["value"])}
     others = [k for k in range(total) if k not in named]
     extra = rng.choice(others, size=max(0, n - len(named)), replace=False).tolist() if others else []
-    kept = sorted([*named, *extra])
-    mapping = [-1] * total
-    for new, old in enumerate(kept):
-        mapping[old] = new
-    scores = [record.score_list[k] for k in kept] if record.score_list else []
-    return _with_regions(record, [record.bbox_list[k] for k in kept], scores, mapping)
+    return _regions_in_order(record, sorted([*named, *extra]))
 
 
 def shuffle_regions(record: FO1Record, rng: np.random.Generator) -> FO1Record:
-    """The same record with its boxes in a random order and every `<regionK>` rewritten to follow."""
-    n = len(record.bbox_list)
-    permutation = rng.permutation(n)
-    new_index = np.empty(n, dtype=np.int64)
-    new_index[permutation] = np.arange(n)
-    boxes = [record.bbox_list[i] for i in permutation]
-    scores = [record.score_list[i] for i in permutation] if record.score_list else []
-    return _with_regions(record, boxes, scores, new_index.tolist())
+    """The same record with its boxes (scores, region texts) in a random order and every `<regionK>`
+    rewritten to follow."""
+    return _regions_in_order(record, rng.permutation(len(record.bbox_list)).tolist())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,8 +433,9 @@ def encode_record(record: FO1Record, image, processor, max_length: int | None = 
     """Token ids, labels (assistant tokens only) and pixel inputs of one record."""
     boxes = record.bbox_list if record.bbox_list else None
     messages = record_messages(record)
-    if record.region_text:
-        # Word-filled region slots sit where image regions would: at the start of the first user turn.
+    if record.region_text and record.image is None:
+        # Word-filled region slots sit where image regions would: at the start of the first user turn
+        # (an image record's region_text fills the slots its boxes make).
         messages[0] = {**messages[0], "content": processor.region_prefix(len(record.region_text)) + "\n" + messages[0]["content"]}
     features = processor(images=image, boxes=boxes, messages=messages, add_generation_prompt=False)
     input_ids = features["input_ids"][0]
