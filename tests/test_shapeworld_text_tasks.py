@@ -175,3 +175,38 @@ def test_turns_ask_several_questions_about_one_list(small_shapeworld_tokenizer):
     assert all(turn["value"] in supervised for turn in records[0].conversations[1::2])
     with pytest.raises(ValueError, match="turns"):
         lookup_records(1, seed=0, turns=2)  # letter keys: one question
+
+
+def test_word_slot_records_put_each_objects_label_in_its_slot_and_drop_empty_boxes(tmp_path):
+    import json
+
+    from vlmfo1.data.records import read_records
+    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+    from vlmfo1.data.shapeworld.text_tasks import word_slot_records
+
+    config = ShapeWorldConfig.train(objects_per_image=(2, 4), background_proposals=(1, 3), image_size=(96, 96),
+                                    task_counts={"detection": 2, "counting": 1})
+    write_dataset(tmp_path, n=4, seed=1, split="train", config=config, coordinates=False)
+    records = list(read_records(tmp_path / "train.fo1.jsonl"))
+    coco = json.loads((tmp_path / "train.coco.json").read_text())
+    words = word_slot_records(records, coco)
+    assert len(words) == len(records)
+    label_at = {(a["image_id"], tuple(a["bbox"])): a["attributes"]["label"] for a in coco["annotations"]}
+    box_of = {(a["image_id"], a["id"]): a["bbox"] for a in coco["annotations"]}
+    named = lambda r: sorted(tuple(r.bbox_list[int(k)]) for k in re.findall(r"<region(\d+)>", r.answer))
+    dropped = 0
+    for before, after in zip(records, words):
+        after.validate()
+        assert after.image == before.image and after.id == before.id + "-words"
+        assert named(after) == named(before)  # the answer names the same boxes
+        objects = before.meta["proposal_objects"]
+        dropped += sum(obj < 0 for obj in objects)
+        assert len(after.bbox_list) == sum(obj >= 0 for obj in objects) == len(after.region_text)
+        scene = before.meta["scene_index"]
+        kept = [k for k, obj in enumerate(objects) if obj >= 0]
+        for k, text in zip(kept, after.region_text):
+            gt = box_of[(scene, scene * 100 + objects[k] + 1)]
+            assert text == label_at[(scene, tuple(gt))]
+    assert dropped > 0
+    with pytest.raises(ValueError, match="not a ShapeWorld image record"):
+        word_slot_records(lookup_records(1, seed=0), coco)

@@ -76,7 +76,9 @@ def test_the_demo_recipe_runs_end_to_end_from_the_cli(tmp_path):
     result = CliRunner().invoke(build_app(), ["train-demo", "--out", str(tmp_path), "--quick", "--threads", "1"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "recipe.json").read_text())
-    assert set(report["wall_seconds"]) >= {"data", "tokenizer", "language0", "stage0", "stage1", "stage2", "eval", "total"}
+    assert set(report["wall_seconds"]) >= {"data", "tokenizer", "language0", "stage0", "alignment", "stage1", "stage2",
+                                           "eval", "total"}
+    assert set(report["alignment"]) == {"loss", "nearest_label"}
     language = [json.loads(line)["task"] for line in (tmp_path / "data" / "language0.fo1.jsonl").read_text().splitlines()]
     assert language == ["text_repeat"] * 2 + ["text_lookup"] * 2
     checks = report["language_checks"]
@@ -128,3 +130,29 @@ def test_a_stage_plan_mixes_in_text_tasks_and_the_trainer_fills_their_slots(tmp_
     with pytest.raises(ValueError, match="unknown text task"):
         make_data(DemoRecipe.quick(stage0=StagePlan({}, steps=1, learning_rate=1e-3, text={"poems": 1})),
                   tmp_path / "bad", log=lambda _: None)
+
+
+def test_word_slot_records_join_a_stage_and_alignment_runs_after_stage0(tmp_path):
+    from vlmfo1.data.records import read_records
+    from vlmfo1.training.recipes import DemoRecipe, StagePlan, _align, make_data, stage_config
+    from vlmfo1.training.trainer import train
+
+    recipe = DemoRecipe.quick(train_scenes=3, eval_scenes=1, language=(), alignment_steps=2,
+                              stage0=StagePlan({"image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=4,
+                                               word_slots={"detection": 1}))
+    data = tmp_path / "data"
+    make_data(recipe, data, log=lambda _: None)
+    stage0 = list(read_records(data / "stage0.fo1.jsonl"))
+    words = [r for r in stage0 if r.region_text]
+    assert [r.task for r in stage0].count("image_qa") == 3 and len(words) == 3
+    assert all(r.image and r.id.endswith("-words") and len(r.region_text) == len(r.bbox_list) for r in words)
+    train_small_tokenizer(shapeworld_corpus(20), vocab_size=400).save_pretrained(str(tmp_path / "tokenizer"))
+    result = train(stage_config(recipe, 0, data, tmp_path / "stage0", None))
+    assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    report: dict = {}
+    aligned = _align(recipe, tmp_path / "stage0", data, tmp_path / "aligned", report, resume=True, log=lambda _: None)
+    assert set(report["alignment"]) == {"loss", "nearest_label"} and (aligned / "model.safetensors").exists()
+    stamp = (aligned / "alignment.json").stat().st_mtime_ns
+    _align(recipe, tmp_path / "stage0", data, aligned, report, resume=True, log=lambda _: None)
+    assert (aligned / "alignment.json").stat().st_mtime_ns == stamp  # resumed, not trained again
+    assert stage_config(recipe, 1, data, tmp_path / "s1", aligned)["model"] == {"init_from": str(aligned)}

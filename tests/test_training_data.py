@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vlmfo1 import prompts
-from vlmfo1.data.records import FO1Record, read_records, write_records
+from vlmfo1.data.records import FO1Record, read_records, rewrite_regions, write_records
 from vlmfo1.evaluation.box_ops import pairwise_iou
 from vlmfo1.processing.image_processing import FO1ImageProcessor
 from vlmfo1.processing.processing_fo1 import FO1Processor
@@ -34,7 +34,6 @@ from vlmfo1.training.data import (
     keep_regions,
     load_source,
     match_ground_truth,
-    rewrite_regions,
     shuffle_regions,
 )
 from vlmfo1.training.tiny import init_tiny

@@ -20,13 +20,14 @@ error rather than being dropped: a record that does not round-trip would lose da
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from vlmfo1 import prompts
 
@@ -254,3 +255,36 @@ def write_records(path: str | os.PathLike, records: Iterable[FO1Record]) -> int:
     finally:
         temporary.unlink(missing_ok=True)
     return count
+
+
+def rewrite_regions(text: str, mapping: Sequence[int]) -> str:
+    """`<regionK>` -> `<region{mapping[K]}>` in one pass (so 1->2, 2->1 cannot collide)."""
+
+    def replace(match: re.Match) -> str:
+        old = int(match.group(1))
+        if old >= len(mapping):
+            raise ValueError(f"<region{old}> names a box past the record's {len(mapping)} boxes")
+        if mapping[old] < 0:
+            raise ValueError(f"<region{old}> names a box that was dropped")
+        return prompts.region_token(mapping[old])
+
+    return _REGION_RE.sub(replace, text)
+
+
+def with_regions(record: FO1Record, boxes: list, scores: list, mapping: Sequence[int],
+                 texts: list[str] | None = None) -> FO1Record:
+    """The record with new regions: `mapping[K]` is the new index of old box K (-1: gone)."""
+    turns = [{"from": t["from"], "value": rewrite_regions(t["value"], mapping)} for t in record.conversations]
+    return dataclasses.replace(record, bbox_list=boxes, score_list=scores, conversations=turns,
+                               region_text=texts if texts is not None else [])
+
+
+def regions_in_order(record: FO1Record, order: Sequence[int]) -> FO1Record:
+    """The record with its boxes (and their scores and region texts) at the old indexes `order`, every
+    `<regionK>` rewritten to follow; boxes left out of `order` are dropped (a turn naming one is an error)."""
+    mapping = [-1] * len(record.bbox_list)
+    for new, old in enumerate(order):
+        mapping[old] = new
+    return with_regions(record, [record.bbox_list[k] for k in order],
+                        [record.score_list[k] for k in order] if record.score_list else [], mapping,
+                        [record.region_text[k] for k in order] if record.region_text else None)

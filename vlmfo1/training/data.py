@@ -21,7 +21,6 @@ resumed run sees exactly the samples an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections import OrderedDict
@@ -34,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vlmfo1 import prompts
-from vlmfo1.data.records import GPT, HUMAN, FO1Record, read_records
+from vlmfo1.data.records import GPT, HUMAN, FO1Record, read_records, regions_in_order, with_regions
 from vlmfo1.evaluation.box_ops import pairwise_iou
 from vlmfo1.processing.image_processing import load_image
 
@@ -120,35 +119,6 @@ def match_ground_truth(
     )
 
 
-def rewrite_regions(text: str, mapping: Sequence[int]) -> str:
-    """`<regionK>` -> `<region{mapping[K]}>` in one pass (so 1->2, 2->1 cannot collide)."""
-
-    def replace(match: re.Match) -> str:
-        old = int(match.group(1))
-        if old >= len(mapping):
-            raise ValueError(f"<region{old}> names a box past the record's {len(mapping)} boxes")
-        return prompts.region_token(mapping[old])
-
-    return _REGION_RE.sub(replace, text)
-
-
-def _with_regions(record: FO1Record, boxes: list, scores: list, mapping: Sequence[int],
-                  texts: list[str] | None = None) -> FO1Record:
-    turns = [{"from": t["from"], "value": rewrite_regions(t["value"], mapping)} for t in record.conversations]
-    return dataclasses.replace(record, bbox_list=boxes, score_list=scores, conversations=turns,
-                               region_text=texts if texts is not None else [])
-
-
-def _regions_in_order(record: FO1Record, order: Sequence[int]) -> FO1Record:
-    """The record with its boxes (and their scores and region texts) at the old indexes `order`."""
-    mapping = [-1] * len(record.bbox_list)
-    for new, old in enumerate(order):
-        mapping[old] = new
-    return _with_regions(record, [record.bbox_list[k] for k in order],
-                         [record.score_list[k] for k in order] if record.score_list else [], mapping,
-                         [record.region_text[k] for k in order] if record.region_text else None)
-
-
 def attach_proposals(
     record: FO1Record,
     proposal_boxes: Sequence[Sequence[float]],
@@ -161,7 +131,7 @@ def attach_proposals(
     if record.region_text:
         raise ValueError(f"record {record.id!r} has region_text, the words of its own boxes: it cannot take proposals")
     result = match_ground_truth(record.bbox_list, proposal_boxes, proposal_scores, rng, iou_threshold, max_regions)
-    return _with_regions(record, result.boxes, result.scores, result.gt_to_region), result
+    return with_regions(record, result.boxes, result.scores, result.gt_to_region), result
 
 
 def keep_regions(record: FO1Record, n: int, rng: np.random.Generator) -> FO1Record:
@@ -175,13 +145,13 @@ def keep_regions(record: FO1Record, n: int, rng: np.random.Generator) -> FO1Reco
     named = {int(k) for turn in record.conversations for k in _REGION_RE.findall(turn["value"])}
     others = [k for k in range(total) if k not in named]
     extra = rng.choice(others, size=max(0, n - len(named)), replace=False).tolist() if others else []
-    return _regions_in_order(record, sorted([*named, *extra]))
+    return regions_in_order(record, sorted([*named, *extra]))
 
 
 def shuffle_regions(record: FO1Record, rng: np.random.Generator) -> FO1Record:
     """The same record with its boxes (scores, region texts) in a random order and every `<regionK>`
     rewritten to follow."""
-    return _regions_in_order(record, rng.permutation(len(record.bbox_list)).tolist())
+    return regions_in_order(record, rng.permutation(len(record.bbox_list)).tolist())
 
 
 # ---------------------------------------------------------------------------------------------

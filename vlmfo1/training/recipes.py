@@ -74,6 +74,9 @@ class StagePlan:
     lookup_queries: int = 2  # the most labels one slot look-up question asks for
     lookup_present_share: float = 0.0  # share of look-up labels taken from the list (`lookup_records(present_share=)`)
     lookup_turns: int = 1  # questions per slot look-up conversation (`lookup_records(turns=)`)
+    # Records per scene and task (as `tasks`) given again with each object's region slot holding its
+    # label's words, the image beside them (`text_tasks.word_slot_records`): the look-up beside images.
+    word_slots: dict[str, int] = field(default_factory=dict)
     # Changes to the stage preset (`StageSpec` fields), e.g. {"learning_rates": {"connector": 1e-4}}.
     spec_changes: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +99,10 @@ class DemoRecipe:
     # alike (e.g. {"objects_per_image": [1, 4]}: a simpler world).
     scene_overrides: dict[str, Any] = field(default_factory=dict)
     language: tuple[StagePlan, ...] = ()  # text-only stages before stage 0, the LLM alone
+    # After stage 0: steps of `align_region_tokens` (encoders and connector put each object's region
+    # token on its label's word-embedding sum, on the train split's objects); 0 = none.
+    alignment_steps: int = 0
+    alignment_learning_rate: float = 2e-3
     stage0: StagePlan = field(default_factory=lambda: StagePlan({"image_qa": 4}, steps=500, learning_rate=2e-3, batch_size=8))
     stage1: StagePlan = field(default_factory=lambda: StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3))
     stage2: StagePlan = field(
@@ -159,7 +166,7 @@ class DemoRecipe:
             stage0=StagePlan({"image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
             stage1=StagePlan({"detection": 1, "counting": 1}, steps=2, learning_rate=1e-3, batch_size=2),
             stage2=StagePlan({"detection": 1, "counting": 1, "image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2),
-            max_new_tokens=8, language_check_questions=4,
+            max_new_tokens=8, language_check_questions=4, alignment_steps=2,
         )
         settings.update(overrides)
         return cls(**settings)
@@ -175,7 +182,7 @@ def all_tasks(recipe: DemoRecipe) -> dict[str, int]:
     """Records per scene for the train split: the most any stage asks of each task."""
     counts: dict[str, int] = {}
     for _, plan in stage_plans(recipe):
-        for task, n in plan.tasks.items():
+        for task, n in (*plan.tasks.items(), *plan.word_slots.items()):
             counts[task] = max(counts.get(task, 0), n)
     return counts
 
@@ -185,6 +192,7 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
     """The ShapeWorld splits and one records file per stage (`stage{N}.fo1.jsonl`, same folder);
     with `coordinates`, the train split's coordinate-answer twins too (`train.coords.jsonl`)."""
     from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+    from vlmfo1.data.shapeworld.text_tasks import word_slot_records
 
     # One process: generation takes seconds next to training, and worker processes would re-run a
     # caller's script that lacks an `if __name__ == "__main__"` guard.
@@ -199,9 +207,11 @@ def make_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None] = p
                              config=eval_config, workers=workers, coordinates=False)
     log(f"data: {recipe.eval_split} {held_out.images} scenes, records {held_out.records}")
     records = list(read_records(data_dir / "train.fo1.jsonl"))
+    train_coco = json.loads((data_dir / "train.coco.json").read_text())
     for number, (name, plan) in enumerate(stage_plans(recipe)):
         text = text_records(recipe, plan, seed=recipe.seed * 100 + number)
-        write_records(data_dir / f"{name}.fo1.jsonl", take_tasks(records, plan.tasks) + text)
+        words = word_slot_records(take_tasks(records, plan.word_slots), train_coco) if plan.word_slots else []
+        write_records(data_dir / f"{name}.fo1.jsonl", take_tasks(records, plan.tasks) + words + text)
     return {"train": train.to_dict(), recipe.eval_split: held_out.to_dict()}
 
 
@@ -332,6 +342,10 @@ def run_demo_recipe(
             report.setdefault("language_checks", {})[name] = _language_checks(stage_dir, recipe)
             log(f"{name}: checks {report['language_checks'][name]}")
         init_from = stage_dir
+        if name == "stage0" and recipe.alignment_steps:
+            t = time.perf_counter()
+            init_from = _align(recipe, stage_dir, data_dir, out / "aligned", report, resume, log)
+            report["wall_seconds"]["alignment"] = round(time.perf_counter() - t, 1)
 
     model_dir = out / "model"
     export_model(init_from, model_dir)
@@ -343,6 +357,32 @@ def run_demo_recipe(
     report["wall_seconds"]["total"] = round(time.perf_counter() - start, 1)
     (out / "recipe.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _align(recipe: DemoRecipe, stage_dir: Path, data_dir: Path, out_dir: Path, report: dict, resume: bool,
+           log: Callable[[str], None]) -> Path:
+    """`align_region_tokens` on the stage-0 model into `out_dir` (kept when resuming)."""
+    from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
+    from vlmfo1.processing.processing_fo1 import FO1Processor
+    from vlmfo1.training.region_pretraining import align_region_tokens
+    from vlmfo1.training.tiny import save_model
+
+    done = out_dir / "alignment.json"
+    if resume and done.exists():
+        log(f"alignment: already done in {out_dir}")
+    else:
+        log(f"alignment: {recipe.alignment_steps} steps into {out_dir}")
+        model = FO1ForConditionalGeneration.from_pretrained(str(stage_dir))
+        processor = FO1Processor.from_pretrained(stage_dir)
+        history = align_region_tokens(model, processor, data_dir / "train.coco.json", data_dir,
+                                      steps=recipe.alignment_steps, learning_rate=recipe.alignment_learning_rate,
+                                      seed=recipe.seed, log=lambda line: None)
+        save_model(model, processor, out_dir)
+        done.write_text(json.dumps(history) + "\n")
+    history = json.loads(done.read_text())
+    report["alignment"] = {name: values[-1] for name, values in history.items()}
+    log(f"alignment: {report['alignment']}")
+    return out_dir
 
 
 def _language_checks(stage_dir: Path, recipe: DemoRecipe) -> dict[str, Any]:

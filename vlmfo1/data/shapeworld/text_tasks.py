@@ -34,13 +34,20 @@ even to copy the asked label after 2000 steps. Repeats of a few words teach copy
 only; repeats of random text (``vocabulary="random"``) teach copying itself (docs/training.md).
 
 Records are text-only (`image` null), so a training step on them costs no vision encoder.
+
+`word_slot_records` is the step between text and pixels: ShapeWorld's own image records (detection,
+counting, ...) with each object's region slot holding its label's words, the image beside them. A
+look-up learned in text alone does not work beside an image, not even over the right words
+(docs/training.md, session 6); these records teach it there.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from vlmfo1 import prompts
-from vlmfo1.data.records import FO1Record
+from vlmfo1.data.records import FO1Record, regions_in_order
 from vlmfo1.data.shapeworld.language import plural
 from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES
 
@@ -205,3 +212,29 @@ def repeat_records(n: int, seed: int, min_words: int = 3, max_words: int = 12, r
         records.append(FO1Record.single_turn(id=f"{split}-{index:06d}", image=None, prompt=f"{REPEAT_PROMPT} {text}",
                                              answer=text, task="text_repeat"))
     return records
+
+
+def word_slot_records(records, coco: dict) -> list[FO1Record]:
+    """ShapeWorld image records (with `meta.proposal_objects`) whose region slots hold their objects'
+    labels (`region_text`, e.g. "red circle", from the split's COCO `attributes.label`). Boxes that
+    hold no object (background proposals, distractors) are dropped and the answers rewritten; a
+    record left with no box is skipped. Ids get a "-words" suffix."""
+    from vlmfo1.data.shapeworld.coco import ANNOTATION_ID_STRIDE
+
+    labels = {}
+    for annotation in coco["annotations"]:
+        image = annotation["image_id"]
+        labels[(image, annotation["id"] - image * ANNOTATION_ID_STRIDE - 1)] = annotation["attributes"]["label"]
+    out = []
+    for record in records:
+        objects = record.meta.get("proposal_objects")
+        if objects is None:
+            raise ValueError(f"record {record.id!r} has no meta.proposal_objects: not a ShapeWorld image record")
+        kept = [k for k, obj in enumerate(objects) if obj >= 0]
+        if not kept:
+            continue
+        scene = record.meta["scene_index"]
+        words = regions_in_order(record, kept)
+        out.append(dataclasses.replace(words, id=f"{record.id}-words",
+                                       region_text=[labels[(scene, objects[k])] for k in kept]))
+    return out
