@@ -156,3 +156,19 @@ def test_word_slot_records_join_a_stage_and_alignment_runs_after_stage0(tmp_path
     _align(recipe, tmp_path / "stage0", data, aligned, report, resume=True, log=lambda _: None)
     assert (aligned / "alignment.json").stat().st_mtime_ns == stamp  # resumed, not trained again
     assert stage_config(recipe, 1, data, tmp_path / "s1", aligned)["model"] == {"init_from": str(aligned)}
+
+
+def test_the_words_to_pixels_chain_has_no_stage1_and_the_cli_names_its_recipes(tmp_path):
+    from vlmfo1.cli.main import build_app
+    from vlmfo1.training.recipes import RECIPES, DemoRecipe, all_tasks, stage_config, stage_plans
+
+    chain = RECIPES["words-to-pixels"](threads=2)
+    assert chain == DemoRecipe.words_to_pixels(threads=2)
+    assert [name for name, _ in stage_plans(chain)] == ["language0", "language1", "language2", "stage0", "stage2"]
+    assert chain.alignment_steps > 0 and chain.stage0.word_slots and chain.stage2.word_slots
+    assert all_tasks(chain)["detect_everything"] >= 1  # word-slot tasks are generated for the train split
+    with pytest.raises(ValueError, match="no stage 1 in the recipe"):
+        stage_config(chain, 1, tmp_path, tmp_path / "s1", tmp_path)
+    json.dumps(chain.to_dict())  # recipe.json holds it
+    result = CliRunner().invoke(build_app(), ["train-demo", "--out", str(tmp_path), "--recipe", "fancy"])
+    assert result.exit_code != 0 and "unknown recipe 'fancy'" in result.output

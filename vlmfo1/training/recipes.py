@@ -104,7 +104,8 @@ class DemoRecipe:
     alignment_steps: int = 0
     alignment_learning_rate: float = 2e-3
     stage0: StagePlan = field(default_factory=lambda: StagePlan({"image_qa": 4}, steps=500, learning_rate=2e-3, batch_size=8))
-    stage1: StagePlan = field(default_factory=lambda: StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3))
+    # None: no stage 1 (the words-to-pixels chain, whose alignment step does its work; docs/training.md)
+    stage1: StagePlan | None = field(default_factory=lambda: StagePlan(dict(REGION_TASKS_STAGE1), steps=250, learning_rate=1e-3))
     stage2: StagePlan = field(
         default_factory=lambda: StagePlan({**REGION_TASKS_STAGE1, "image_qa": 1}, steps=450, learning_rate=5e-4)
     )
@@ -157,6 +158,34 @@ class DemoRecipe:
         return cls(**settings)
 
     @classmethod
+    def words_to_pixels(cls, **overrides) -> "DemoRecipe":
+        """The chain under test after session 6 (docs/training.md): `language_first`'s language stages,
+        then the look-up moved from words to pixels in two steps. Stage 0 (2500 steps at a constant
+        rate) adds image records whose object slots hold their labels' words (`StagePlan.word_slots`),
+        so the LLM learns the look-up beside an image; alignment (2000 steps) then trains the encoders
+        and the connector to put each object's region token on its label's word-embedding sum, the
+        vector the LLM has learned to read. There is no stage 1: after the alignment, every stage 1
+        tried lowered the pixel look-up (its FO1-row training, at 1e-3 or 1e-4). Stage 2 keeps word-slot
+        records in its mix. The world is
+        simpler still: 1-4 large, plain objects, no occlusion, clutter, distractors or words, and 6000
+        training scenes (the alignment sees each about three times)."""
+        chain = cls.language_first()
+        easy = {**chain.scene_overrides, "size_range": [0.14, 0.3], "occlusion": 0.0, "outline_prob": 0.0,
+                "texture_prob": 0.0, "clutter": 0.0, "distractors": [0, 0], "words": False}
+        words = {"detection": 1, "detect_everything": 1, "counting": 1}
+        settings: dict[str, Any] = dict(
+            train_scenes=6000,
+            scene_overrides=easy,
+            alignment_steps=2000,
+            stage1=None,
+            stage0=dataclasses.replace(chain.stage0, tasks={"image_qa": 1}, steps=2500, schedule="constant_with_warmup",
+                                       warmup=0.03, text={"slot_lookup": 6000, "repeat_random": 1500}, word_slots=words),
+            stage2=dataclasses.replace(chain.stage2, word_slots={"detection": 1, "detect_everything": 1}),
+        )
+        settings.update(overrides)
+        return dataclasses.replace(chain, **settings)
+
+    @classmethod
     def quick(cls, **overrides) -> "DemoRecipe":
         """A few steps of everything: checks the recipe runs (tests), proves nothing about quality."""
         settings: dict[str, Any] = dict(
@@ -172,10 +201,15 @@ class DemoRecipe:
         return cls(**settings)
 
 
+# The recipes `vlmfo1 train-demo --recipe` runs; "words-to-pixels" made the bundled model.
+RECIPES = {"words-to-pixels": DemoRecipe.words_to_pixels, "language-first": DemoRecipe.language_first, "plain": DemoRecipe}
+
+
 def stage_plans(recipe: DemoRecipe) -> list[tuple[str, StagePlan]]:
-    """The recipe's stages in training order: language0, language1, ..., stage0, stage1, stage2."""
+    """The recipe's stages in training order: language0, language1, ..., stage0, stage1 (unless None), stage2."""
     language = [(f"language{k}", plan) for k, plan in enumerate(recipe.language)]
-    return language + [("stage0", recipe.stage0), ("stage1", recipe.stage1), ("stage2", recipe.stage2)]
+    stage1 = [("stage1", recipe.stage1)] if recipe.stage1 is not None else []
+    return language + [("stage0", recipe.stage0), *stage1, ("stage2", recipe.stage2)]
 
 
 def all_tasks(recipe: DemoRecipe) -> dict[str, int]:
