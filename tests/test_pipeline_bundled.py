@@ -1,10 +1,8 @@
 """`vlmfo1 detect` with the bundled ShapeWorld model (vlmfo1/assets/shapeworld-fo1) on new scenes.
 
-The bundled model is a plumbing model: it answers in the FO1 grammar but has not learned grounding
-(its README reports chance-level held-out scores). So the first test checks what it does do, end to
-end through the CLI; the recall test states what a grounding model must do and is an expected
-failure, strict: the day a model that grounds is bundled it passes, strict xfail turns that into a
-failure, and the floor below must then be set to what that model measures.
+The bundled model grounds in its own simple world (its README): the first test checks the CLI's
+output end to end, the second that it finds the asked objects, above a recall floor set from what
+it measured (7 of 15 objects on these 8 scenes; a model that does not ground found 0 of 27).
 """
 from __future__ import annotations
 
@@ -35,7 +33,7 @@ SEED, SPLIT = 777, "pipeline-recall"
 def training_world() -> ShapeWorldConfig:
     recipe = json.loads((BUNDLED_MODELS["shapeworld"] / "recipe.json").read_text())["recipe"]
     return ShapeWorldConfig.train(**(recipe.get("scene_overrides") or {}))
-RECALL_FLOOR = 0.5
+RECALL_FLOOR = 0.4  # measured: 7/15 = 0.47 (session 6)
 
 
 def detect_on_new_scenes(tmp_path: Path, count: int) -> list[tuple[object, list[str], dict]]:
@@ -72,11 +70,6 @@ def test_bundled_model_answers_in_the_grammar_through_the_cli(tmp_path):
             assert region["proposal_score"] == pytest.approx(example.proposals.scores[region["index"]], abs=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bundled model has not learned grounding (its README: chance-level held-out scores); "
-    "recall here measured 0/27 on these 8 scenes, its labels are never the asked ones",
-)
 def test_bundled_model_finds_the_asked_objects(tmp_path):
     found = total = 0
     for example, labels, data in detect_on_new_scenes(tmp_path, 8):
