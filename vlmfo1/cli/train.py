@@ -4,7 +4,7 @@
     vlmfo1 train --stage 2 --init-from runs/stage1 --config my_data.yaml
     vlmfo1 train-convert coco instances_train2017.json --out data/coco_train.fo1.jsonl
     vlmfo1 init-tiny runs/tiny --size tiny --tokenizer shapeworld
-    vlmfo1 train-demo --out runs/demo                       # the bundled ShapeWorld demo model's recipe (about 2 h on 2 cores)
+    vlmfo1 train-demo --out runs/demo                       # the bundled ShapeWorld demo model's recipe (its card: ~96 min of training on 2 cores)
 """
 from __future__ import annotations
 

@@ -15,12 +15,15 @@ No small pre-trained VLM exists offline, so the recipe makes its own base VLM fi
    everything" answers (box = proposal box, score = proposal score), counting accuracy, and the
    ShapeWorld grounding scores of detection and REC.
 
-`DemoRecipe()` is the recipe of the bundled model as shipped. `DemoRecipe.language_first()` is the
-chain under test (docs/training.md, sessions 4-5): **language stages** before stage 0 (text only, the
-LLM alone: copying with `repeat_records`, then detection over word-filled region slots with
+`DemoRecipe()` (`--recipe plain`) is exactly these steps; it made the first bundled model, which
+did not ground. `DemoRecipe.language_first()` adds **language stages** before stage 0 (text only,
+the LLM alone: copying with `repeat_records`, then detection over word-filled region slots with
 `lookup_records(keys="slots")`), those skills mixed into stages 0 and 2 (`StagePlan.text`), FO1
 rows started at 8x, and stage 1 keeping the trained FO1 rows with the connector at a low rate
-(`StagePlan.spec_changes`).
+(`StagePlan.spec_changes`) (docs/training.md, sessions 4-5). `DemoRecipe.words_to_pixels()`, the
+recipe of the bundled model as shipped, moves that look-up from words to pixels: word-filled object
+slots beside images in stage 0 (`StagePlan.word_slots`), then the region-token alignment
+(`DemoRecipe.alignment_steps`) in place of stage 1 (session 6).
 
 Every stage runs through `vlmfo1.training.trainer.train`, the same code path as `vlmfo1 train`.
 Learning rates are larger than the presets' (1e-5 in stage 2 is for a pre-trained 3B model; a
@@ -120,7 +123,7 @@ class DemoRecipe:
 
     @classmethod
     def language_first(cls, **overrides) -> "DemoRecipe":
-        """The chain under test, not yet the bundled model's recipe (docs/training.md, sessions 4-5).
+        """The session-5 chain (docs/training.md, sessions 4-5); `words_to_pixels` builds on it.
 
         FO1 rows start at 8x. Language stages before stage 0, the LLM alone at batch 64:
         language0 copies random text with region tokens in it (a general copier); language1 asks
@@ -159,16 +162,16 @@ class DemoRecipe:
 
     @classmethod
     def words_to_pixels(cls, **overrides) -> "DemoRecipe":
-        """The chain under test after session 6 (docs/training.md): `language_first`'s language stages,
+        """The bundled model's recipe (docs/training.md, session 6): `language_first`'s language stages,
         then the look-up moved from words to pixels in two steps. Stage 0 (2500 steps at a constant
         rate) adds image records whose object slots hold their labels' words (`StagePlan.word_slots`),
         so the LLM learns the look-up beside an image; alignment (2000 steps) then trains the encoders
         and the connector to put each object's region token on its label's word-embedding sum, the
         vector the LLM has learned to read. There is no stage 1: after the alignment, every stage 1
-        tried lowered the pixel look-up (its FO1-row training, at 1e-3 or 1e-4). Stage 2 keeps word-slot
-        records in its mix. The world is
-        simpler still: 1-4 large, plain objects, no occlusion, clutter, distractors or words, and 6000
-        training scenes (the alignment sees each about three times)."""
+        tried lowered the pixel look-up (its FO1-row training, at 1e-3 or 1e-4). Stage 2 keeps
+        word-slot records in its mix. The world is simpler still: 1-4 large, plain objects, no
+        occlusion, clutter, distractors or words, and 6000 training scenes (the alignment sees each
+        about three times)."""
         chain = cls.language_first()
         easy = {**chain.scene_overrides, "size_range": [0.14, 0.3], "occlusion": 0.0, "outline_prob": 0.0,
                 "texture_prob": 0.0, "clutter": 0.0, "distractors": [0, 0], "words": False}
