@@ -163,6 +163,23 @@ def test_demo_writes_the_scene_and_pictures(app, model_dir, tmp_path):
     assert len(detect["queries"]) == 1 and detect["queries"][0].startswith("Please detect ")
 
 
+def test_demo_scenes_come_from_the_models_own_world(app, model_dir, tmp_path):
+    pytest.importorskip("cv2")
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    (model / "recipe.json").write_text(json.dumps({"recipe": {"scene_overrides": {"objects_per_image": [1, 1]}}}))
+    outcome = invoke(app, "demo", "--model", model, "--out", tmp_path / "demo", "--proposer", "contours",
+                     "--max-new-tokens", 4)
+    assert outcome.exit_code == 0, outcome.output
+    assert "(1 objects;" in outcome.output  # the heldout preset asks for 8-40
+    (model / "recipe.json").unlink()
+    outcome = invoke(app, "demo", "--model", model, "--out", tmp_path / "demo2", "--proposer", "contours",
+                     "--max-new-tokens", 4)
+    assert outcome.exit_code == 0 and "(1 objects;" not in outcome.output
+
+
 def test_clear_errors(app, model_dir, tmp_path):
     image = shapeworld_image(tmp_path, 1)
     missing_model = invoke(app, "detect", image, "red circle", "--model", tmp_path / "nowhere")

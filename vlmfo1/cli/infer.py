@@ -6,6 +6,7 @@ torch and transformers are imported inside the commands, so `vlmfo1 --help` stay
 """
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -139,14 +140,16 @@ def demo_command(
     score: str = _SCORE, max_new_tokens: int = _MAX_NEW,
     show_proposals: bool = _SHOW_PROPOSALS,
 ) -> None:
-    """Generate a held-out ShapeWorld scene and run several tasks on it; writes the pictures."""
-    from vlmfo1.data.shapeworld import ShapeWorldConfig, generate_scene
+    """Generate a new ShapeWorld scene and run several tasks on it; writes the pictures. The scene is
+    of the model's own world when its recipe.json names one (the bundled model's does), else of the
+    harder `heldout` preset."""
+    from vlmfo1.data.shapeworld import generate_scene
     from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES, plural
     from vlmfo1.pipeline import TaskRequest
 
     settings = RunSettings(model, proposer, None, out, device, dtype, score, 4, max_new_tokens, show_proposals)
     pipeline = _build_pipeline(settings)
-    scene = generate_scene(ShapeWorldConfig.heldout(), index=index, seed=seed, split="demo")
+    scene = generate_scene(_model_world(model), index=index, seed=seed, split="demo")
     out.mkdir(parents=True, exist_ok=True)
     scene_path = out / "scene.png"
     scene.image.save(scene_path)
@@ -172,6 +175,17 @@ def demo_command(
         _write_outputs(scene.image, result, out / name, settings.show_proposals)
     _print_summary([(name, result) for name, result in results.items()], out)
     typer.echo(f"scene: {scene_path} ({len(scene.objects)} objects; asked for {present + [absent]})")
+
+
+def _model_world(model: str):
+    """ShapeWorld as the model was trained on it: the `train` preset with its recipe.json's
+    `scene_overrides` (written by `vlmfo1 train-demo`); the `heldout` preset when it names none."""
+    from vlmfo1.data.shapeworld import ShapeWorldConfig
+    from vlmfo1.pipeline.pipeline import resolve_model_path
+
+    recipe = resolve_model_path(model) / "recipe.json"
+    overrides = json.loads(recipe.read_text()).get("recipe", {}).get("scene_overrides") if recipe.is_file() else None
+    return ShapeWorldConfig.train(**overrides) if overrides else ShapeWorldConfig.heldout()
 
 
 # -- shared ----------------------------------------------------------------------------------
