@@ -20,6 +20,7 @@ from vlmfo1.data.shapeworld import ShapeWorldConfig, generate_example
 from vlmfo1.evaluation.box_ops import pairwise_iou
 from vlmfo1.pipeline.pipeline import BUNDLED_MODELS
 from vlmfo1.pipeline.results import RESULT_JSON_SCHEMA
+from vlmfo1.training.recipes import recipe_world
 
 pytestmark = pytest.mark.skipif(
     not (BUNDLED_MODELS["shapeworld"] / "config.json").is_file(), reason="the bundled ShapeWorld model is not in this checkout"
@@ -31,8 +32,7 @@ SEED, SPLIT = 777, "pipeline-recall"
 
 
 def training_world() -> ShapeWorldConfig:
-    recipe = json.loads((BUNDLED_MODELS["shapeworld"] / "recipe.json").read_text())["recipe"]
-    return ShapeWorldConfig.train(**(recipe.get("scene_overrides") or {}))
+    return recipe_world(BUNDLED_MODELS["shapeworld"]) or ShapeWorldConfig.train()
 RECALL_FLOOR = 0.4  # measured: 7/15 = 0.47 (session 6)
 
 

@@ -6,7 +6,6 @@ torch and transformers are imported inside the commands, so `vlmfo1 --help` stay
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -178,14 +177,12 @@ def demo_command(
 
 
 def _model_world(model: str):
-    """ShapeWorld as the model was trained on it: the `train` preset with its recipe.json's
-    `scene_overrides` (written by `vlmfo1 train-demo`); the `heldout` preset when it names none."""
+    """ShapeWorld as the model was trained on it (its recipe.json), else the `heldout` preset."""
     from vlmfo1.data.shapeworld import ShapeWorldConfig
     from vlmfo1.pipeline.pipeline import resolve_model_path
+    from vlmfo1.training.recipes import recipe_world
 
-    recipe = resolve_model_path(model) / "recipe.json"
-    overrides = json.loads(recipe.read_text()).get("recipe", {}).get("scene_overrides") if recipe.is_file() else None
-    return ShapeWorldConfig.train(**overrides) if overrides else ShapeWorldConfig.heldout()
+    return recipe_world(resolve_model_path(model)) or ShapeWorldConfig.heldout()
 
 
 # -- shared ----------------------------------------------------------------------------------

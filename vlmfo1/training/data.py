@@ -423,11 +423,15 @@ def encode_record(record: FO1Record, image, processor, max_length: int | None = 
             sample[key] = features[key]
     sample["region_boxes"] = features["region_boxes"][0]
     if record.region_text:
-        tokenizer = processor.tokenizer
-        # A leading space: the words as they appear inside a sentence, where the LLM meets them.
-        sample["region_text_ids"] = [torch.tensor(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+        sample["region_text_ids"] = [torch.tensor(region_text_token_ids(processor.tokenizer, text))
                                      for text in record.region_text]
     return sample
+
+
+def region_text_token_ids(tokenizer, text: str) -> list[int]:
+    """The token ids whose embeddings fill a word-filled region slot holding `text`."""
+    # A leading space: the words as they appear inside a sentence, where the LLM meets them.
+    return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
 
 
 class EpochSampler(Sampler[int]):

@@ -208,6 +208,16 @@ class DemoRecipe:
 RECIPES = {"words-to-pixels": DemoRecipe.words_to_pixels, "language-first": DemoRecipe.language_first, "plain": DemoRecipe}
 
 
+def recipe_world(model_dir: str | os.PathLike):
+    """The ShapeWorld a `run_demo_recipe` model was trained on: the `train` preset with the
+    `scene_overrides` of the recipe.json beside it; None when it has no recipe.json or no overrides."""
+    from vlmfo1.data.shapeworld import ShapeWorldConfig
+
+    path = Path(model_dir) / "recipe.json"
+    overrides = json.loads(path.read_text()).get("recipe", {}).get("scene_overrides") if path.is_file() else None
+    return ShapeWorldConfig.train(**overrides) if overrides else None
+
+
 def stage_plans(recipe: DemoRecipe) -> list[tuple[str, StagePlan]]:
     """The recipe's stages in training order: language0, language1, ..., stage0, stage1 (unless None), stage2."""
     language = [(f"language{k}", plan) for k, plan in enumerate(recipe.language)]

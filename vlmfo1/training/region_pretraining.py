@@ -152,10 +152,10 @@ def pretrain_region_features(
 
 
 def label_embedding(model, tokenizer, label: str) -> torch.Tensor:
-    """The sum of the input embeddings of `label`'s tokens, as a word-filled region slot holds it
-    (the text is tokenized with a leading space, as `encode_record` tokenizes `region_text`)."""
-    ids = tokenizer(" " + label, add_special_tokens=False)["input_ids"]
-    return model.get_input_embeddings().weight.detach()[ids].sum(0)
+    """The sum of the input embeddings of `label`'s tokens, as a word-filled region slot holds it."""
+    from vlmfo1.training.data import region_text_token_ids
+
+    return model.get_input_embeddings().weight.detach()[region_text_token_ids(tokenizer, label)].sum(0)
 
 
 def align_region_tokens(

@@ -30,12 +30,17 @@ def coco_image(scene: Scene) -> dict[str, Any]:
     }
 
 
+def annotation_id(scene_index: int, object_id: int) -> int:
+    """The COCO annotation id of scene object `object_id` (`Proposals.object_ids` name objects so)."""
+    return scene_index * ANNOTATION_ID_STRIDE + object_id + 1
+
+
 def coco_annotations(scene: Scene) -> list[dict[str, Any]]:
     annotations = []
     for obj in scene.objects:
         x1, y1, x2, y2 = obj.bbox
         annotations.append({
-            "id": scene.index * ANNOTATION_ID_STRIDE + obj.id + 1,
+            "id": annotation_id(scene.index, obj.id),
             "image_id": scene.index,
             "category_id": category_id(obj.category),
             "bbox": [x1, y1, x2 - x1, y2 - y1],

@@ -219,12 +219,9 @@ def word_slot_records(records, coco: dict) -> list[FO1Record]:
     labels (`region_text`, e.g. "red circle", from the split's COCO `attributes.label`). Boxes that
     hold no object (background proposals, distractors) are dropped and the answers rewritten; a
     record left with no box is skipped. Ids get a "-words" suffix."""
-    from vlmfo1.data.shapeworld.coco import ANNOTATION_ID_STRIDE
+    from vlmfo1.data.shapeworld.coco import annotation_id
 
-    labels = {}
-    for annotation in coco["annotations"]:
-        image = annotation["image_id"]
-        labels[(image, annotation["id"] - image * ANNOTATION_ID_STRIDE - 1)] = annotation["attributes"]["label"]
+    labels = {annotation["id"]: annotation["attributes"]["label"] for annotation in coco["annotations"]}
     out = []
     for record in records:
         objects = record.meta.get("proposal_objects")
@@ -236,5 +233,5 @@ def word_slot_records(records, coco: dict) -> list[FO1Record]:
         scene = record.meta["scene_index"]
         words = regions_in_order(record, kept)
         out.append(dataclasses.replace(words, id=f"{record.id}-words",
-                                       region_text=[labels[(scene, objects[k])] for k in kept]))
+                                       region_text=[labels[annotation_id(scene, objects[k])] for k in kept]))
     return out
