@@ -4,24 +4,28 @@
     python benchmarks/reproduce.py --budget small --out runs/repro-small    # < 30 min on 2 CPU cores
     python benchmarks/reproduce.py --budget full  --out runs/repro-full     # the numbers of the docs
 
-Per seed: one base VLM (stage 0 of `vlmfo1.training.recipes.DemoRecipe`: image-level ShapeWorld
-questions, no regions; kept frozen, every arm starts from a copy), then from that base, at an equal
-budget (the same records, steps and batch size per phase; wall times reported):
+Per seed: one base VLM (the language stages and stage 0 of the recipe that made the bundled model,
+`vlmfo1.training.recipes.DemoRecipe.words_to_pixels`: text-only copying and look-ups, then image-level
+ShapeWorld questions; kept frozen, every arm starts from a copy), then from that base, at an equal
+budget (the same steps and batch size, the same records where the arm trains on records; wall times
+reported):
 
 * (a) `coordinates`: the coordinate-generating twin, the same model class trained (ViT + LLM) on the
-  coordinate twins of FO1's records (Qwen2.5-VL's JSON boxes, no regions: then FO1 is exactly a plain
-  Qwen2.5-VL), phase 1 on the stage-1 records, phase 2 on the stage-2 records;
-* (b) `fo1`: FO1 stage 1 then stage 2 (the recipe's plans and the `stage1`/`stage2` presets);
+  coordinate twins of FO1's stage-2 records (Qwen2.5-VL's JSON boxes, no regions: then FO1 is exactly
+  a plain Qwen2.5-VL), for as many steps as FO1's alignment and stage 2 together;
+* (b) `fo1`: the recipe's FO1 training: the region-token alignment (encoders and connector, the
+  primary ViT frozen as in the paper), then stage 2 (the `stage2` preset and the recipe's plan);
 * ablations (paper Tables 8, 9): `aux_only`, `primary_simple_fp`, `primary_no_simple_fp` (FO1 with
-  one region branch, or without SimpleFP), and `fo1_vit_unfrozen` (FO1's stage 1, then a stage 2
-  that also trains the primary ViT).
+  one region branch, or without SimpleFP), and `fo1_vit_unfrozen` (the primary ViT trained in the
+  alignment and in stage 2).
 
-Every model is evaluated on one held-out split of harder scenes (the `heldout` ShapeWorld preset,
-a seed no training split uses), with the same scoring code for both answer formats: detection mAP
-(pycocotools, "detect everything" answers; FO1: box = proposal, score = proposal score; twin: box as
-written, score = its token probability or 1.0), REC Acc@0.5, counting accuracy, rejection accuracy,
-region caption SS (all-MiniLM-L6-v2), and image-level QA accuracy (the base before / the arms after
-training: forgetting). (a) and (b) are also evaluated at intermediate steps (mAP vs. steps).
+Every model is evaluated on one held-out split of harder scenes (the recipe's world with more
+objects, clutter, distractors and background proposals; a seed no training split uses), with the
+same scoring code for both answer formats: detection mAP (pycocotools, "detect everything" answers;
+FO1: box = proposal, score = proposal score; twin: box as written, score = its token probability or
+1.0), REC Acc@0.5, counting accuracy, rejection accuracy, region caption SS (all-MiniLM-L6-v2), and
+image-level QA accuracy (the base before / the arms after training: forgetting). (a) and (b) are
+also evaluated at intermediate steps (mAP vs. steps).
 
 Resumable: every finished piece (data, stage, evaluation) is kept in --out and skipped when the
 command is run again; an interrupted stage continues from its last checkpoint. Results:
@@ -52,9 +56,12 @@ import numpy as np
 import torch
 
 from vlmfo1.data.records import FO1Record, read_records, write_records
+from vlmfo1.data.shapeworld.text_tasks import WORD_SLOT_SUFFIX
 from vlmfo1.training.recipes import DemoRecipe, StagePlan
 
-HELDOUT_SPLIT = "heldout"
+# Every held-out detection slot asks for absent shapes: detection itself is measured by the "detect
+# everything" mAP, the slots measure rejection.
+HELDOUT_COMMON = {"rejection_share": 1.0}
 # The held-out questions: every metric of the issue. Detection slots also make the rejection
 # records (ShapeWorldConfig.rejection_share of them ask only for absent shapes).
 EVAL_TASKS = ("detect_everything", "detection", "rec", "counting", "region_caption_brief", "image_qa")
@@ -62,6 +69,7 @@ CURVE_TASKS = ("detect_everything",)
 BASE_TASKS = ("image_qa",)
 # Groups the coordinate twin trains: a plain VLM's SFT (stage 0's groups; no region modules are used).
 COORDINATE_GROUPS = ("vision", "image_projector", "llm")
+ALIGNMENT_BATCH = 8  # images per alignment step (the recipe's: `align_region_tokens`' default)
 TRAIN_RECORD = "reproduce_train.json"
 SCORES_FILE = "scores.json"
 PREDICTIONS_FILE = "answers.json"
@@ -77,24 +85,30 @@ SCORINGS = {"fo1": ("proposal",), "coordinates": ("token_probability", "constant
 
 @dataclass
 class ReproBudget:
-    """Everything that sizes a run. `recipe` carries the data, model size, tokenizer and the plans of
-    stages 0, 1 and 2 (`DemoRecipe`): tuned recipe settings plug in here unchanged."""
+    """Everything that sizes a run. `recipe` carries the data, model size, tokenizer, the plans of the
+    base's stages and of stage 2, and the alignment (`DemoRecipe`): tuned recipe settings plug in here
+    unchanged (its stage 1, if any, is not used: FO1's first phase is the alignment)."""
 
     name: str
     recipe: DemoRecipe
-    # Learning rates of the twin's two phases (None: the recipe's stage-2 rate in both, the rate at
-    # which FO1's LLM trains). The twin's records, steps and batch sizes are FO1's.
-    twin_learning_rates: tuple[float, float] | None = None
+    # The twin's learning rate (None: the recipe's stage-2 rate, the rate at which FO1's LLM trains).
+    # Its records are FO1's stage-2 records, its batch size theirs, its steps alignment + stage 2.
+    twin_learning_rate: float | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     heldout_scenes: int = 150
     heldout_seed: int = 1000
     heldout_task_counts: dict[str, int] = field(default_factory=lambda: {
         "detect_everything": 1, "detection": 2, "rec": 2, "counting": 1, "region_caption_brief": 1, "image_qa": 2,
     })
-    # ShapeWorldConfig.heldout(**overrides). Every held-out detection slot asks for absent shapes:
-    # detection itself is measured by the "detect everything" mAP, the slots measure rejection.
-    heldout_overrides: dict[str, Any] = field(default_factory=lambda: {"rejection_share": 1.0})
-    curve_points: int = 4  # evaluations per training phase of (a) and (b); the last is the phase's end
+    # The held-out splits, by name: the recipe's world (`ShapeWorldConfig.train(**recipe.scene_overrides)`)
+    # with these changes, each from its own seed (heldout_seed + its position). The first is the
+    # issue's harder split (more objects, background proposals, clutter, distractor blobs) and gives
+    # the curves; "same_world" is new scenes of the training world.
+    heldout_splits: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "harder": {"objects_per_image": [3, 6], "background_proposals": [2, 4], "clutter": 0.3, "distractors": [0, 2]},
+        "same_world": {},
+    })
+    curve_points: int = 4  # evaluations in stage 2 of (b), its end included (and the twin's at the same steps)
     curve_scenes: int = 50  # held-out scenes of those evaluations ("detect everything" only)
     # Generation limit per task: this many times the longest reference answer (tokens) + 8, so that
     # neither answer format is cut off for its length; `max_new_tokens_cap` bounds it (None: no bound).
@@ -102,10 +116,17 @@ class ReproBudget:
     max_new_tokens_cap: int | None = None
     eval_batch_size: int = 8
 
-    def twin_rates(self) -> tuple[float, float]:
-        if self.twin_learning_rates is not None:
-            return tuple(self.twin_learning_rates)
-        return (self.recipe.stage2.learning_rate, self.recipe.stage2.learning_rate)
+    def twin_rate(self) -> float:
+        return self.twin_learning_rate if self.twin_learning_rate is not None else self.recipe.stage2.learning_rate
+
+    def heldout_world(self, split: str):
+        from vlmfo1.data.shapeworld import ShapeWorldConfig
+
+        return ShapeWorldConfig.train(task_counts=dict(self.heldout_task_counts),
+                                      **{**self.recipe.scene_overrides, **self.heldout_splits[split], **HELDOUT_COMMON})
+
+    def split_seed(self, split: str) -> int:
+        return self.heldout_seed + list(self.heldout_splits).index(split)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,34 +152,34 @@ def _steps(plan: StagePlan, steps: int, batch_size: int | None = None, text_scal
 
 
 def budget(name: str) -> ReproBudget:
-    """The presets. `full` is the recipe as tuned (`DemoRecipe()`); `small` the same plans with fewer
-    steps and scenes on the `tiny` model size; `tiny` a few steps of everything (the test)."""
-    tuned = DemoRecipe()
+    """The presets. `full` is the bundled model's recipe as tuned (`DemoRecipe.words_to_pixels()`);
+    `small` the same plans with fewer steps and scenes on the `tiny` model size; `tiny` a few steps of
+    everything (the test)."""
+    tuned = DemoRecipe.words_to_pixels()
     if name == "full":
         return ReproBudget("full", tuned)
     if name == "small":
         scenes = 300 / tuned.train_scenes  # the image records' share of the full budget's
         recipe = _scaled(
-            tuned, size="tiny", train_scenes=300, tokenizer_scenes=200,
+            tuned, size="tiny", train_scenes=300, tokenizer_scenes=200, alignment_steps=150,
             # A tenth of each text-only stage: too little for its skill to form (docs/reproduction.md).
             language=tuple(_steps(plan, max(1, plan.steps // 10), text_scale=0.1) for plan in tuned.language),
-            stage0=_steps(tuned.stage0, 150, text_scale=scenes), stage1=_steps(tuned.stage1, 60, text_scale=scenes),
-            stage2=_steps(tuned.stage2, 90, text_scale=scenes),
+            stage0=_steps(tuned.stage0, 150, text_scale=scenes), stage2=_steps(tuned.stage2, 90, text_scale=scenes),
         )
         return ReproBudget("small", recipe, seeds=(0,), heldout_scenes=30, curve_points=2, curve_scenes=10,
                            max_new_tokens_cap=640)
     if name == "tiny":
         recipe = DemoRecipe.quick(
-            train_scenes=6, tokenizer_scenes=10, alignment_steps=0,  # the arms do not run an alignment step
-            stage0=StagePlan({"image_qa": 1}, steps=1, learning_rate=1e-3, batch_size=2),
-            stage1=StagePlan({"detect_everything": 1, "detection": 1}, steps=2, learning_rate=1e-3, batch_size=2),
-            # A text task in stage 2: the coordinate twin trains on those records unchanged.
+            train_scenes=6, tokenizer_scenes=10, alignment_steps=2, stage1=None,
+            stage0=StagePlan({"image_qa": 1}, steps=1, learning_rate=1e-3, batch_size=2, word_slots={"detection": 1}),
+            # A text task and word-slot records in stage 2: the coordinate twin trains on the text
+            # records unchanged and on the word-slot records' sources.
             stage2=StagePlan({"detect_everything": 1, "detection": 1, "image_qa": 1}, steps=2, learning_rate=1e-3, batch_size=2,
-                             text={"slot_lookup": 2}, lookup_items=2),
+                             text={"slot_lookup": 2}, lookup_items=2, word_slots={"detection": 1}),
         )
         return ReproBudget(
             "tiny", recipe, seeds=(0,), heldout_scenes=2,
-            heldout_task_counts={"detect_everything": 1, "detection": 1, "rec": 1, "counting": 1,
+            heldout_task_counts={"detect_everything": 1, "detection": 1, "rec": 3, "counting": 1,
                                  "region_caption_brief": 1, "image_qa": 1},
             curve_points=2, curve_scenes=2, max_new_tokens_cap=10, eval_batch_size=8,
         )
@@ -170,21 +191,28 @@ def budget(name: str) -> ReproBudget:
 # ---------------------------------------------------------------------------------------------
 
 
+# What FO1's alignment trains: the region encoders and the connector. The paper keeps the primary
+# ViT frozen throughout; `fo1_vit_unfrozen` trains it too.
+FROZEN_VIT = ("aux_encoder", "region_encoder", "connector")
+UNFROZEN_VIT = ("vision", *FROZEN_VIT)
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str
     title: str  # row label of the tables
     kind: str  # "fo1" (region tokens) or "coordinates" (the twin)
     config_changes: dict[str, Any] = field(default_factory=dict)  # FO1Config fields changed from the base
+    alignment_groups: tuple[str, ...] = FROZEN_VIT  # groups the alignment trains (FO1 arms)
     stage2_extra_groups: tuple[str, ...] = ()  # groups trained in stage 2 beyond the `stage2` preset's
-    stage1_from: str | None = None  # an arm whose stage 1 this arm continues from
     curve: bool = False  # evaluated at intermediate steps (mAP vs. steps)
 
 
 ARMS: tuple[Arm, ...] = (
     Arm("coordinates", "(a) coordinate twin (JSON boxes)", "coordinates", curve=True),
     Arm("fo1", "(b) FO1: aux + primary, primary ViT frozen", "fo1", curve=True),
-    Arm("fo1_vit_unfrozen", "FO1, primary ViT unfrozen", "fo1", stage2_extra_groups=("vision",), stage1_from="fo1"),
+    Arm("fo1_vit_unfrozen", "FO1, primary ViT unfrozen", "fo1", alignment_groups=UNFROZEN_VIT,
+        stage2_extra_groups=("vision",)),
     Arm("aux_only", "only auxiliary region feature", "fo1", config_changes={"use_primary_features": False}),
     Arm("primary_simple_fp", "only primary region feature, with SimpleFP", "fo1",
         config_changes={"use_aux_features": False, "use_simple_fp": True}),
@@ -200,35 +228,36 @@ ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
 
 
 def write_heldout(budget_: ReproBudget, folder: Path, log: Callable[[str], None]) -> None:
-    """The held-out split (FO1 records and their coordinate twins), once for every seed."""
-    from vlmfo1.data.shapeworld import ShapeWorldConfig, write_dataset
+    """The held-out splits (FO1 records and their coordinate twins), once for every seed."""
+    from vlmfo1.data.shapeworld import write_dataset
 
-    if (folder / f"{HELDOUT_SPLIT}.coords.jsonl").exists():
-        return
-    config = ShapeWorldConfig.heldout(task_counts=dict(budget_.heldout_task_counts), **budget_.heldout_overrides)
-    summary = write_dataset(folder, n=budget_.heldout_scenes, seed=budget_.heldout_seed, split=HELDOUT_SPLIT,
-                            config=config, coordinates=True)
-    log(f"held-out split: {summary.images} scenes, {summary.objects} objects, records {summary.records}")
+    for split in budget_.heldout_splits:
+        if (folder / f"{split}.coords.jsonl").exists():
+            continue
+        summary = write_dataset(folder, n=budget_.heldout_scenes, seed=budget_.split_seed(split), split=split,
+                                config=budget_.heldout_world(split), coordinates=True)
+        log(f"held-out split {split}: {summary.images} scenes, {summary.objects} objects, records {summary.records}")
 
 
 def write_training_data(recipe: DemoRecipe, data_dir: Path, log: Callable[[str], None]) -> None:
     """The recipe's training data (`make_data`: train split and stage files) plus the coordinate twin
-    of every stage-1/2 records file (`stage{N}.coords.jsonl`: the same records, same order)."""
+    of the stage-2 records file (`stage2.coords.jsonl`: one record per FO1 record, same order)."""
     from vlmfo1.training.recipes import make_data
 
-    if all((data_dir / f"stage{n}.coords.jsonl").exists() for n in (1, 2)):
+    twin_file = data_dir / "stage2.coords.jsonl"
+    if twin_file.exists():
         return
     make_data(recipe, data_dir, log, coordinates=True)
     twins = {record.meta["fo1_id"]: record for record in read_records(data_dir / "train.coords.jsonl")}
-    for number in (1, 2):
-        stage_records = list(read_records(data_dir / f"stage{number}.fo1.jsonl"))
-        # Text-only records (the plan's `text` tasks) have no boxes to write as coordinates: the twin
-        # trains on them unchanged, so both arms see the same records.
-        missing = [r.id for r in stage_records if r.image is not None and r.id not in twins]
-        if missing:
-            raise RuntimeError(f"stage {number} records without a coordinate twin (first: {missing[:3]})")
-        write_records(data_dir / f"stage{number}.coords.jsonl",
-                      [twins[r.id] if r.image is not None else r for r in stage_records])
+    stage_records = list(read_records(data_dir / "stage2.fo1.jsonl"))
+    # Text-only records (the plan's `text` tasks) have no boxes to write as coordinates: the twin
+    # trains on them unchanged. A word-slot record (its slots hold the objects' words) is FO1's own
+    # form of a question; the twin gets the coordinate twin of the question it was made from.
+    sources = [r.id.removesuffix(WORD_SLOT_SUFFIX) if r.region_text else r.id for r in stage_records]
+    missing = [source for r, source in zip(stage_records, sources) if r.image is not None and source not in twins]
+    if missing:
+        raise RuntimeError(f"stage 2 records without a coordinate twin (first: {missing[:3]})")
+    write_records(twin_file, [twins[source] if r.image is not None else r for r, source in zip(stage_records, sources)])
 
 
 def write_tokenizer(recipe: DemoRecipe, folder: Path) -> None:
@@ -248,13 +277,13 @@ def write_tokenizer(recipe: DemoRecipe, folder: Path) -> None:
 
 
 class HeldOut:
-    """The held-out split: FO1 records, their coordinate twins (by FO1 id) and the COCO file."""
+    """One held-out split: FO1 records, their coordinate twins (by FO1 id) and the COCO file."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.records = list(read_records(folder / f"{HELDOUT_SPLIT}.fo1.jsonl"))
-        self.twins = {r.meta["fo1_id"]: r for r in read_records(folder / f"{HELDOUT_SPLIT}.coords.jsonl")}
-        self.coco = json.loads((folder / f"{HELDOUT_SPLIT}.coco.json").read_text())
+    def __init__(self, folder: Path, split: str):
+        self.folder, self.split = folder, split
+        self.records = list(read_records(folder / f"{split}.fo1.jsonl"))
+        self.twins = {r.meta["fo1_id"]: r for r in read_records(folder / f"{split}.coords.jsonl")}
+        self.coco = json.loads((folder / f"{split}.coco.json").read_text())
 
     def items(self, tasks: Sequence[str], scenes: int | None = None) -> list[FO1Record]:
         """Records of `tasks` (rejection records with detection) of the first `scenes` scenes."""
@@ -411,7 +440,7 @@ def _answer_fo1(model_dir, heldout: HeldOut, items, out_dir: Path, budget_: Repr
     runner_dir = out_dir / "runner"
     # `evaluate_shapeworld` takes its items in file order; a `limit` of the item count keeps exactly
     # the first `scenes` scenes because each scene's records are consecutive.
-    report = evaluate_shapeworld(model_dir, heldout.folder, HELDOUT_SPLIT, runner_dir, tasks=tasks,
+    report = evaluate_shapeworld(model_dir, heldout.folder, heldout.split, runner_dir, tasks=tasks,
                                  max_new_tokens=max_new_tokens, batch_size=budget_.eval_batch_size,
                                  limit=len(items), log=log)
     answers = read_prediction_records(runner_dir / RUNNER_PREDICTIONS)
@@ -555,7 +584,8 @@ def snapshot_steps(steps: int, points: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_seed(budget_: ReproBudget, seed: int, out: Path, heldout: HeldOut, log: Callable[[str], None]) -> dict[str, Any]:
+def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, HeldOut],
+             log: Callable[[str], None]) -> dict[str, Any]:
     recipe = dataclasses.replace(budget_.recipe, seed=seed)
     folder = out / f"seed{seed}"
     data_dir = folder / "data"
@@ -563,9 +593,10 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldout: HeldOut, log: 
     write_tokenizer(recipe, folder / "tokenizer")
     base_dir = folder / "base"
     base_train = train_base(recipe, data_dir, folder, base_dir, log)
-    eval_items = heldout.items(EVAL_TASKS)
-    curve_items = heldout.items(CURVE_TASKS, budget_.curve_scenes)
-    base_scores = evaluate_model("fo1", base_dir, heldout, heldout.items(BASE_TASKS), folder / "base_eval", budget_, log)
+    curve_split = next(iter(heldouts))
+    curve_items = heldouts[curve_split].items(CURVE_TASKS, budget_.curve_scenes)
+    base_scores = {split: evaluate_model("fo1", base_dir, heldout, heldout.items(BASE_TASKS), folder / "base_eval" / split,
+                                         budget_, log) for split, heldout in heldouts.items()}
     result: dict[str, Any] = {"seed": seed, "base": {"train": _train_summary(base_train), "scores": base_scores}, "arms": {}}
 
     for arm in ARMS:
@@ -573,11 +604,12 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldout: HeldOut, log: 
         phases = train_arm(arm, recipe, budget_, data_dir, base_dir, folder, seed, log)
         final_dir = phases[-1]["dir"]
         log(f"seed {seed}, {arm.name}: evaluating")
-        scores = evaluate_model(arm.kind, final_dir, heldout, eval_items, arm_dir / "eval", budget_, log)
+        scores = {split: evaluate_model(arm.kind, final_dir, heldout, heldout.items(EVAL_TASKS), arm_dir / "eval" / split,
+                                        budget_, log) for split, heldout in heldouts.items()}
         entry = {"scores": scores, "phases": [{k: v for k, v in p.items() if k != "dir"} for p in phases],
                  "steps": sum(p["steps"] for p in phases), "train_seconds": sum(p["seconds"] for p in phases)}
         if arm.curve:
-            entry["curve"] = arm_curve(arm, phases, heldout, curve_items, arm_dir, budget_, log)
+            entry["curve"] = arm_curve(arm, phases, heldouts[curve_split], curve_items, arm_dir, budget_, log)
         result["arms"][arm.name] = entry
         (arm_dir / "result.json").write_text(json.dumps(entry, indent=2) + "\n")
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -604,49 +636,61 @@ def train_base(recipe: DemoRecipe, data_dir: Path, folder: Path, base_dir: Path,
 
 def train_arm(arm: Arm, recipe: DemoRecipe, budget_: ReproBudget, data_dir: Path, base_dir: Path, folder: Path,
               seed: int, log) -> list[dict[str, Any]]:
-    """Trains the arm's two phases (or takes another arm's phase 1); returns per phase its folder,
-    steps, wall seconds and the cumulative step at its start."""
+    """Trains the arm; returns per phase its folder, steps, wall seconds and the cumulative step at its
+    start. FO1 arms: the alignment (`aligned/`, skipped when the recipe has none), then stage 2; the
+    twin: one phase of as many steps on the stage-2 records' coordinate twins (`coordinates/`)."""
     from vlmfo1.training.recipes import stage_config
     from vlmfo1.training.stages import STAGES
 
     arm_dir = folder / arm.name
-    phases = []
-    offset = 0
-    previous = None
-    for number in (1, 2):
-        stage_dir = arm_dir / f"stage{number}"
-        if number == 1 and arm.stage1_from is not None:
-            shared = folder / arm.stage1_from / "stage1"
-            record = json.loads((shared / TRAIN_RECORD).read_text())
-            phases.append({**_train_summary(record), "dir": shared, "start_step": 0, "shared_with": arm.stage1_from})
-            offset, previous = record["steps"], shared
-            continue
-        if previous is None:
-            init = base_dir if arm.kind == "coordinates" else derive_from_base(
-                base_dir, arm_dir / "init", arm.config_changes, seed)
-        else:
-            init = previous
-        config = stage_config(recipe, number, data_dir, stage_dir, init)
-        if arm.kind == "coordinates":
-            config["stage"] = {"name": f"coordinates{number}", "train": list(COORDINATE_GROUPS)}
-            config["data"]["train"] = [{"records": str(data_dir / f"stage{number}.coords.jsonl")}]
-            config["training"]["learning_rate"] = budget_.twin_rates()[number - 1]
-        elif number == 2 and arm.stage2_extra_groups:
-            spec = copy.deepcopy(STAGES["2"].to_dict())
-            spec["name"] = f"stage2+{'+'.join(arm.stage2_extra_groups)}"
-            spec["train"] = list(spec["train"]) + [g for g in arm.stage2_extra_groups if g not in spec["train"]]
-            config["stage"] = spec
-        callbacks = []
-        if arm.curve:
-            steps = config["training"]["max_steps"]
-            start = offset
-            callbacks.append(save_at_steps(snapshot_steps(steps, budget_.curve_points),
-                                           lambda step, start=start: arm_dir / "curve" / f"step{start + step:06d}" / "model"))
+    alignment, stage2 = recipe.alignment_steps, recipe.stage2.steps
+    # The curve's steps, cumulative: the end of the alignment, then evenly through stage 2.
+    curve_steps = ([alignment] if alignment else []) + [alignment + s for s in snapshot_steps(stage2, budget_.curve_points)]
+    if arm.kind == "coordinates":
+        config = stage_config(recipe, "stage2", data_dir, arm_dir / "coordinates", base_dir)
+        config["stage"] = {"name": "coordinates", "train": list(COORDINATE_GROUPS)}
+        config["data"]["train"] = [{"records": str(data_dir / "stage2.coords.jsonl")}]
+        config["training"].update(learning_rate=budget_.twin_rate(), max_steps=alignment + stage2,
+                                  save_steps=max((alignment + stage2) // 2, 1))
+        callbacks = [save_at_steps(curve_steps, lambda step: arm_dir / "curve" / f"step{step:06d}" / "model")] if arm.curve else []
         record = train_stage(config, callbacks, log)
-        phases.append({**_train_summary(record), "dir": stage_dir, "start_step": offset})
-        offset += record["steps"]
-        previous = stage_dir
+        return [{**_train_summary(record), "dir": arm_dir / "coordinates", "start_step": 0}]
+
+    phases = []
+    init = derive_from_base(base_dir, arm_dir / "init", arm.config_changes, seed)
+    if alignment:
+        phases.append({**align_phase(recipe, arm, init, data_dir, arm_dir / "aligned", seed, log), "start_step": 0})
+        init = arm_dir / "aligned"
+    config = stage_config(recipe, "stage2", data_dir, arm_dir / "stage2", init)
+    if arm.stage2_extra_groups:
+        spec = config["stage"]
+        spec["name"] = f"stage2+{'+'.join(arm.stage2_extra_groups)}"
+        spec["train"] = list(spec["train"]) + [g for g in arm.stage2_extra_groups if g not in spec["train"]]
+    callbacks = [save_at_steps([s - alignment for s in curve_steps if s > alignment],
+                               lambda step: arm_dir / "curve" / f"step{alignment + step:06d}" / "model")] if arm.curve else []
+    record = train_stage(config, callbacks, log)
+    phases.append({**_train_summary(record), "dir": arm_dir / "stage2", "start_step": alignment})
     return phases
+
+
+def align_phase(recipe: DemoRecipe, arm: Arm, init: Path, data_dir: Path, out_dir: Path, seed: int, log) -> dict[str, Any]:
+    """The recipe's alignment step on `init` into `out_dir`, training the arm's groups (timed once)."""
+    from vlmfo1.training.recipes import align_model
+
+    record_file = out_dir / TRAIN_RECORD
+    if not record_file.exists():
+        log(f"aligning {out_dir} ({recipe.alignment_steps} steps, {', '.join(arm.alignment_groups)})")
+        start = time.perf_counter()
+        history = align_model(init, data_dir, out_dir, recipe.alignment_steps, recipe.alignment_learning_rate,
+                              seed=seed, groups=arm.alignment_groups, batch_size=ALIGNMENT_BATCH, resume=False, log=log)
+        record = {"steps": recipe.alignment_steps, "seconds": round(time.perf_counter() - start, 1),
+                  "learning_rate": recipe.alignment_learning_rate, "batch_size": ALIGNMENT_BATCH,
+                  "stage": {"name": "alignment", "train": list(arm.alignment_groups)},
+                  "losses": [[10 * (k + 1), loss] for k, loss in enumerate(history["loss"])],
+                  "nearest_label": history["nearest_label"]}
+        record_file.write_text(json.dumps(record, indent=2) + "\n")
+    record = json.loads(record_file.read_text())
+    return {**_train_summary(record), "dir": out_dir, "nearest_label": record["nearest_label"][-1]}
 
 
 def arm_curve(arm: Arm, phases, heldout: HeldOut, items, arm_dir: Path, budget_: ReproBudget, log) -> list[dict[str, Any]]:
@@ -661,7 +705,7 @@ def arm_curve(arm: Arm, phases, heldout: HeldOut, items, arm_dir: Path, budget_:
     curve = []
     for step, model_dir in points:
         if model_dir == phases[-1]["dir"]:  # the final model: its held-out answers are already there
-            answers = json.loads((arm_dir / "eval" / PREDICTIONS_FILE).read_text())
+            answers = json.loads((arm_dir / "eval" / heldout.split / PREDICTIONS_FILE).read_text())
             predictions = {k: Prediction.from_dict(v) for k, v in answers.items()}
             scores = score_items(items, predictions, heldout.coco, SCORINGS[arm.kind])
         else:
@@ -741,11 +785,11 @@ def reference_answer_tokens(heldout: HeldOut, tokenizer_dir: Path) -> dict[str, 
             "coordinates": float(np.mean([len(tokenizer(heldout.twins[i.id].answer)["input_ids"]) for i in items]))}
 
 
-def build_tables(results: list[dict[str, Any]], reference: dict[str, Any],
+def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str, Any],
                  reference_tokens: dict[str, float] | None = None) -> dict[str, Any]:
-    """Aggregates the seeds' results into the paper-shaped tables (numbers and markdown)."""
+    """Aggregates the seeds' results on held-out `split` into the paper-shaped tables (numbers and markdown)."""
     def stats_of(arm: str, scoring: str) -> dict[str, dict[str, Any]]:
-        rows = [headline(r["arms"][arm]["scores"], scoring) for r in results]
+        rows = [headline(r["arms"][arm]["scores"][split], scoring) for r in results]
         return {key: mean_spread([row[key] for row in rows]) for key in rows[0]}
 
     def wall(arm: str) -> dict[str, Any]:
@@ -755,11 +799,11 @@ def build_tables(results: list[dict[str, Any]], reference: dict[str, Any],
         return results[0]["arms"][arm]["steps"]
 
     def answer_tokens(arm: str) -> dict[str, Any]:
-        return mean_spread([r["arms"][arm]["scores"]["answers"]["mean_answer_tokens"].get("detect_everything")
+        return mean_spread([r["arms"][arm]["scores"][split]["answers"]["mean_answer_tokens"].get("detect_everything")
                             for r in results])
 
     def eval_wall(arm: str) -> dict[str, Any]:
-        return mean_spread([r["arms"][arm]["scores"]["eval_seconds"] for r in results])
+        return mean_spread([r["arms"][arm]["scores"][split]["eval_seconds"] for r in results])
 
     tables: dict[str, Any] = {"seeds": [r["seed"] for r in results]}
     # Table 1: (a) vs (b)
@@ -800,17 +844,17 @@ def build_tables(results: list[dict[str, Any]], reference: dict[str, Any],
         tables[name] = {"rows": rows, "markdown": md}
 
     # Table 7: image-level questions before (base) and after training
-    kinds = sorted(results[0]["base"]["scores"]["image_qa"]["per_type"])
+    kinds = sorted(results[0]["base"]["scores"][split]["image_qa"]["per_type"])
 
     def qa(scores_list: list[dict[str, Any]]) -> dict[str, Any]:
         overall = mean_spread([s["image_qa"]["accuracy"] for s in scores_list])
         per_type = {k: mean_spread([s["image_qa"]["per_type"].get(k, {}).get("accuracy") for s in scores_list]) for k in kinds}
         return {"overall": overall, "per_type": per_type}
 
-    base_scores = [r["base"]["scores"] for r in results]
+    base_scores = [r["base"]["scores"][split] for r in results]
     table7 = [{"row": "base VLM (stage 0, frozen copy)", "arm": "base", **qa(base_scores), "delta": None}]
     for arm in ARMS:
-        arm_scores = [r["arms"][arm.name]["scores"] for r in results]
+        arm_scores = [r["arms"][arm.name]["scores"][split] for r in results]
         deltas = [a["image_qa"]["accuracy"] - b["image_qa"]["accuracy"] for a, b in zip(arm_scores, base_scores)]
         table7.append({"row": arm.title, "arm": arm.name, **qa(arm_scores), "delta": mean_spread(deltas)})
     md_rows = [[row["row"], _cell(row["overall"]), "-" if row["delta"] is None else _cell(row["delta"])]
@@ -831,7 +875,7 @@ def curve_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_curve(rows: list[dict[str, Any]], out: Path, phase1_steps: int | None = None,
+def write_curve(rows: list[dict[str, Any]], out: Path, alignment_steps: int | None = None,
                 fo1_ceiling: float | None = None) -> str | None:
     """curve.csv, and curve.png when matplotlib is installed; returns the PNG path or None."""
     with open(out / "curve.csv", "w", newline="", encoding="utf-8") as handle:
@@ -856,12 +900,12 @@ def write_curve(rows: list[dict[str, Any]], out: Path, phase1_steps: int | None 
         values = [[r["AP"] * 100 for r in series if r["step"] == s] for s in steps]
         axis.plot(steps, [np.mean(v) for v in values], marker="o", label=label)
         axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
-    if phase1_steps:
-        axis.axvline(phase1_steps, color="grey", linestyle=":", linewidth=1, label="end of phase 1 (FO1 stage 1)")
+    if alignment_steps:
+        axis.axvline(alignment_steps, color="grey", linestyle=":", linewidth=1, label="end of FO1's alignment")
     if fo1_ceiling is not None:
         axis.axhline(fo1_ceiling * 100, color="grey", linestyle="--", linewidth=1, label="FO1 ceiling (reference answers)")
     axis.set_ylim(bottom=0)
-    axis.set_xlabel("training steps (phase 1 + phase 2)")
+    axis.set_xlabel("training steps (FO1: alignment + stage 2; twin: one run)")
     axis.set_ylabel("held-out detection mAP (%)")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -871,25 +915,32 @@ def write_curve(rows: list[dict[str, Any]], out: Path, phase1_steps: int | None 
     return str(path)
 
 
-def render_report(budget_: ReproBudget, tables: dict[str, Any], png: str | None, wall_seconds: float, machine: dict[str, Any]) -> str:
-    seeds = ", ".join(str(s) for s in tables["seeds"])
-    spread = "mean ± sample std over seeds" if len(tables["seeds"]) > 1 else "one seed, no spread"
+def render_report(budget_: ReproBudget, tables: dict[str, dict[str, Any]], png: str | None, wall_seconds: float,
+                  machine: dict[str, Any]) -> str:
+    """report.md: the tables of every held-out split (`tables`: split -> `build_tables`)."""
+    seeds_run = next(iter(tables.values()))["seeds"]
+    seeds = ", ".join(str(s) for s in seeds_run)
+    spread = "mean ± sample std over seeds" if len(seeds_run) > 1 else "one seed, no spread"
     sections = [
         ("table1", "Table 1 style: (a) coordinate generation vs (b) region retrieval, equal training budget"),
-        ("table8", "Table 8 style: HFRE ablations (FO1 stage 1 + 2 from the same base)"),
+        ("table8", "Table 8 style: HFRE ablations (FO1 alignment + stage 2 from the same base)"),
         ("table9", "Table 9 style: SimpleFP on the primary branch (primary region feature only)"),
         ("table7", "Table 7 style: image-level questions before and after training (forgetting)"),
     ]
-    tables_markdown = [line for key, title in sections for line in (f"## {title}", "", tables[key]["markdown"], "")]
     lines = [
         f"# Reproduction on ShapeWorld: budget `{budget_.name}`, seeds {seeds}",
         "",
-        f"Scores in % on {budget_.heldout_scenes} held-out `heldout`-preset scenes (seed {budget_.heldout_seed}); {spread}.",
-        (f"Wall time of this invocation {wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, "
-         f"{machine['torch_threads']} torch threads)."),
+        (f"Scores in % on {budget_.heldout_scenes} held-out scenes per split; {spread}. Wall time of this invocation "
+         f"{wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads)."),
         "",
-        *tables_markdown,
-        "## mAP vs. training steps",
+    ]
+    for split, split_tables in tables.items():
+        changes = budget_.heldout_splits[split]
+        world = f"the training world with {json.dumps(changes)}" if changes else "the training world, new scenes"
+        lines += [f"# Held-out split `{split}` (seed {budget_.split_seed(split)}: {world})", ""]
+        lines += [line for key, title in sections for line in (f"## {title}", "", split_tables[key]["markdown"], "")]
+    lines += [
+        f"## mAP vs. training steps (split `{next(iter(tables))}`, first {budget_.curve_scenes} scenes)",
         "",
         f"`curve.csv`{' and `curve.png`' if png else ' (matplotlib is not installed: no plot, the data is in the CSV)'}.",
         "",
@@ -909,7 +960,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def describe_heldout(heldout: HeldOut, reference: dict[str, Any]) -> dict[str, Any]:
-    """The held-out split and the scores of its reference answers (no model): printed and returned."""
+    """A held-out split and the scores of its reference answers (no model): printed and returned."""
     items = heldout.items(EVAL_TASKS)
     objects = [len(i.meta["gt_boxes"]) for i in items if i.task == "detect_everything"]
     counts: dict[str, int] = {}
@@ -917,7 +968,7 @@ def describe_heldout(heldout: HeldOut, reference: dict[str, Any]) -> dict[str, A
         counts[item.task] = counts.get(item.task, 0) + 1
     single_rec = sum(i.task == "rec" and len(i.meta["gt_boxes"]) == 1 for i in items)
     description = {
-        "records": counts, "single_target_rec": single_rec,
+        "split": heldout.split, "records": counts, "single_target_rec": single_rec,
         "objects_per_scene": {"mean": float(np.mean(objects)), "min": min(objects), "max": max(objects)},
         "proposals_per_scene": float(np.mean([len(i.bbox_list) for i in items if i.task == "detect_everything"])),
         "reference": {"fo1": headline(reference["fo1"], "proposal"),
@@ -930,7 +981,7 @@ def describe_heldout(heldout: HeldOut, reference: dict[str, Any]) -> dict[str, A
 def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, threads: int | None = None,
         log: Callable[[str], None] | None = None, reference_only: bool = False) -> dict[str, Any]:
     """Runs (or resumes) every seed, then writes results.json, report.md and the curve; returns the results.
-    With `reference_only`, writes the held-out split and returns `describe_heldout` (no training)."""
+    With `reference_only`, writes the held-out splits and returns `describe_heldout` of each (no training)."""
     from transformers.utils import logging as transformers_logging
 
     start = time.perf_counter()
@@ -952,30 +1003,35 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
         identity_file.write_text(json.dumps(identity, indent=2) + "\n")
 
     write_heldout(budget_, out / "heldout", log)
-    heldout = HeldOut(out / "heldout")
-    reference_file = out / "heldout" / "reference_scores.json"
-    if not reference_file.exists():
-        reference_file.write_text(json.dumps(reference_scores(heldout, heldout.items(EVAL_TASKS)), indent=2) + "\n")
-    reference = json.loads(reference_file.read_text())
+    heldouts = {split: HeldOut(out / "heldout", split) for split in budget_.heldout_splits}
+    references = {}
+    for split, heldout in heldouts.items():
+        reference_file = out / "heldout" / f"{split}.reference_scores.json"
+        if not reference_file.exists():
+            reference_file.write_text(json.dumps(reference_scores(heldout, heldout.items(EVAL_TASKS)), indent=2) + "\n")
+        references[split] = json.loads(reference_file.read_text())
     if reference_only:
-        return describe_heldout(heldout, reference)
+        return {split: describe_heldout(heldouts[split], references[split]) for split in heldouts}
     for seed in seeds:
         log(f"seed {seed}")
-        run_seed(budget_, seed, out, heldout, log)
+        run_seed(budget_, seed, out, heldouts, log)
     # Every finished seed of the folder counts: seeds added by a later command join the tables.
     results = sorted((json.loads(path.read_text()) for path in out.glob("seed*/result.json")), key=lambda r: r["seed"])
-    reference_tokens = reference_answer_tokens(heldout, out / f"seed{seeds[0]}" / "tokenizer")
-    tables = build_tables(results, reference, reference_tokens)
+    tables = {split: build_tables(results, split, references[split],
+                                  reference_answer_tokens(heldout, out / f"seed{seeds[0]}" / "tokenizer"))
+              for split, heldout in heldouts.items()}
+    curve_split = next(iter(heldouts))
     rows = curve_rows(results)
-    png = write_curve(rows, out, phase1_steps=results[0]["arms"]["fo1"]["phases"][0]["steps"],
-                      fo1_ceiling=tables["table1"]["ceilings"]["fo1"]["map"])
+    fo1_phases = results[0]["arms"]["fo1"]["phases"]
+    png = write_curve(rows, out, alignment_steps=fo1_phases[0]["steps"] if len(fo1_phases) > 1 else None,
+                      fo1_ceiling=tables[curve_split]["table1"]["ceilings"]["fo1"]["map"])
     machine = machine_info()
     wall = time.perf_counter() - start
     report = render_report(budget_, tables, png, wall, machine)
     (out / "report.md").write_text(report)
     summary = {"budget": budget_.to_dict(), "seeds": [r["seed"] for r in results], "seeds_run_now": list(seeds),
                "machine": machine, "wall_seconds": round(wall, 1),
-               "reference": reference, "per_seed": results, "tables": tables, "curve": rows}
+               "reference": references, "per_seed": results, "tables": tables, "curve": rows}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(report, flush=True)
     return summary

@@ -87,3 +87,17 @@ def test_label_embedding_is_what_a_word_filled_slot_holds(small_shapeworld_token
     slots = embeds[0][batch["input_ids"][0] == model.config.region_token_id]
     for slot, label in zip(slots, record.region_text):
         torch.testing.assert_close(slot, label_embedding(model, processor.tokenizer, label))
+
+
+def test_alignment_trains_only_the_groups_asked(small_shapeworld_tokenizer, scenes):
+    from vlmfo1.training.region_pretraining import align_region_tokens
+
+    model, processor = init_tiny(None, size="tiny", tokenizer=small_shapeworld_tokenizer, max_pixels=112 * 112,
+                                 aux_image_size=64)
+    before = {name: digest(p) for name, p in model.named_parameters()}
+    # The paper's frozen primary ViT: the alignment leaves it as it is.
+    align_region_tokens(model, processor, scenes / "train.coco.json", scenes, steps=2, batch_size=2,
+                        log=lambda line: None, groups=("aux_encoder", "region_encoder", "connector"))
+    groups = group_of_parameters(model)
+    trained = {groups[name] for name, p in model.named_parameters() if digest(p) != before[name]}
+    assert trained == {"aux_encoder", "region_encoder", "connector"}

@@ -408,28 +408,39 @@ def run_demo_recipe(
 
 def _align(recipe: DemoRecipe, stage_dir: Path, data_dir: Path, out_dir: Path, report: dict, resume: bool,
            log: Callable[[str], None]) -> Path:
-    """`align_region_tokens` on the stage-0 model into `out_dir` (kept when resuming)."""
+    """The recipe's alignment step (`align_model`) on the stage-0 model; its last measures go to `report`."""
+    history = align_model(stage_dir, data_dir, out_dir, recipe.alignment_steps, recipe.alignment_learning_rate,
+                          seed=recipe.seed, resume=resume, log=log)
+    report["alignment"] = {name: values[-1] for name, values in history.items()}
+    log(f"alignment: {report['alignment']}")
+    return out_dir
+
+
+def align_model(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, learning_rate: float, seed: int = 0,
+                groups: Sequence[str] | None = None, batch_size: int = 8, resume: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, list[float]]:
+    """`align_region_tokens` on the model of `model_dir`, on the objects of `data_dir/train.coco.json`,
+    saved into `out_dir` with its history (`alignment.json`); `groups` trained (None: the function's
+    default). With `resume`, a finished `out_dir` is kept. Returns the history."""
     from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
     from vlmfo1.processing.processing_fo1 import FO1Processor
     from vlmfo1.training.region_pretraining import align_region_tokens
     from vlmfo1.training.tiny import save_model
 
-    done = out_dir / "alignment.json"
+    done = Path(out_dir) / "alignment.json"
     if resume and done.exists():
         log(f"alignment: already done in {out_dir}")
-    else:
-        log(f"alignment: {recipe.alignment_steps} steps into {out_dir}")
-        model = FO1ForConditionalGeneration.from_pretrained(str(stage_dir))
-        processor = FO1Processor.from_pretrained(stage_dir)
-        history = align_region_tokens(model, processor, data_dir / "train.coco.json", data_dir,
-                                      steps=recipe.alignment_steps, learning_rate=recipe.alignment_learning_rate,
-                                      seed=recipe.seed, log=lambda line: None)
-        save_model(model, processor, out_dir)
-        done.write_text(json.dumps(history) + "\n")
-    history = json.loads(done.read_text())
-    report["alignment"] = {name: values[-1] for name, values in history.items()}
-    log(f"alignment: {report['alignment']}")
-    return out_dir
+        return json.loads(done.read_text())
+    log(f"alignment: {steps} steps into {out_dir}")
+    model = FO1ForConditionalGeneration.from_pretrained(str(model_dir))
+    processor = FO1Processor.from_pretrained(model_dir)
+    chosen = {} if groups is None else {"groups": tuple(groups)}
+    history = align_region_tokens(model, processor, Path(data_dir) / "train.coco.json", data_dir, steps=steps,
+                                  batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                                  log=lambda line: None, **chosen)
+    save_model(model, processor, out_dir)
+    done.write_text(json.dumps(history) + "\n")
+    return history
 
 
 def _language_checks(stage_dir: Path, recipe: DemoRecipe) -> dict[str, Any]:

@@ -168,9 +168,10 @@ def align_region_tokens(
     learning_rate: float = 2e-3,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    groups: Sequence[str] = (*ENCODER_GROUPS, "connector"),
 ) -> dict[str, list[float]]:
-    """Trains the encoder groups and the connector of `model` (in place) so that each object's region
-    token is its label's word-embedding sum (`label_embedding` of `object_label`). The loss is the
+    """Trains `groups` of `model` (in place; by default the encoder groups and the connector) so that
+    each object's region token is its label's word-embedding sum (`label_embedding` of `object_label`). The loss is the
     squared distance over the labels' mean squared norm (so 1.0 for tokens at zero); `nearest_label`
     is the share of training objects whose token is closer to their own label's vector than to any
     other label of the file. Returns both every tenth step."""
@@ -186,5 +187,5 @@ def align_region_tokens(
         nearest = torch.cdist(tokens.detach(), targets).argmin(-1)
         return loss, {"nearest_label": (nearest == index).float().mean().item()}
 
-    return _train_on_objects(model, processor, images, image_root, (*ENCODER_GROUPS, "connector"), [], to_words,
+    return _train_on_objects(model, processor, images, image_root, groups, [], to_words,
                              steps, batch_size, learning_rate, seed, log, "region token alignment")

@@ -214,11 +214,14 @@ def repeat_records(n: int, seed: int, min_words: int = 3, max_words: int = 12, r
     return records
 
 
+WORD_SLOT_SUFFIX = "-words"  # the id of a word-slot record is its source record's id + this
+
+
 def word_slot_records(records, coco: dict) -> list[FO1Record]:
     """ShapeWorld image records (with `meta.proposal_objects`) whose region slots hold their objects'
     labels (`region_text`, e.g. "red circle", from the split's COCO `attributes.label`). Boxes that
     hold no object (background proposals, distractors) are dropped and the answers rewritten; a
-    record left with no box is skipped. Ids get a "-words" suffix."""
+    record left with no box is skipped. Ids get `WORD_SLOT_SUFFIX`."""
     from vlmfo1.data.shapeworld.coco import annotation_id
 
     labels = {annotation["id"]: annotation["attributes"]["label"] for annotation in coco["annotations"]}
@@ -232,6 +235,6 @@ def word_slot_records(records, coco: dict) -> list[FO1Record]:
             continue
         scene = record.meta["scene_index"]
         words = regions_in_order(record, kept)
-        out.append(dataclasses.replace(words, id=f"{record.id}-words",
+        out.append(dataclasses.replace(words, id=record.id + WORD_SLOT_SUFFIX,
                                        region_text=[labels[annotation_id(scene, objects[k])] for k in kept]))
     return out
