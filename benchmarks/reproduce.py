@@ -640,7 +640,6 @@ def train_arm(arm: Arm, recipe: DemoRecipe, budget_: ReproBudget, data_dir: Path
     start. FO1 arms: the alignment (`aligned/`, skipped when the recipe has none), then stage 2; the
     twin: one phase of as many steps on the stage-2 records' coordinate twins (`coordinates/`)."""
     from vlmfo1.training.recipes import stage_config
-    from vlmfo1.training.stages import STAGES
 
     arm_dir = folder / arm.name
     alignment, stage2 = recipe.alignment_steps, recipe.stage2.steps
