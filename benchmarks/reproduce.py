@@ -651,7 +651,9 @@ def train_arm(arm: Arm, recipe: DemoRecipe, budget_: ReproBudget, data_dir: Path
         config["data"]["train"] = [{"records": str(data_dir / "stage2.coords.jsonl")}]
         config["training"].update(learning_rate=budget_.twin_rate(), max_steps=alignment + stage2,
                                   save_steps=max((alignment + stage2) // 2, 1))
-        callbacks = [save_at_steps(curve_steps, lambda step: arm_dir / "curve" / f"step{step:06d}" / "model")] if arm.curve else []
+        # The twin trains its LLM from the first step: its curve has points through FO1's alignment too.
+        twin_steps = snapshot_steps(alignment, budget_.curve_points) + curve_steps
+        callbacks = [save_at_steps(twin_steps, lambda step: arm_dir / "curve" / f"step{step:06d}" / "model")] if arm.curve else []
         record = train_stage(config, callbacks, log)
         return [{**_train_summary(record), "dir": arm_dir / "coordinates", "start_step": 0}]
 

@@ -344,14 +344,15 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
         final = load_file(str(out / "seed0" / name / "stage2" / "model.safetensors"))
         assert any(not (final[key] == base[key]).all() for key in vit) == moved, name
 
-    # mAP vs steps for (a) and (b), at the same steps: the end of FO1's alignment, mid stage 2, the end.
+    # mAP vs steps for (a) and (b), at the same steps (the end of FO1's alignment, mid stage 2, the end),
+    # and the twin's also during the alignment's span.
     curve = (out / "curve.csv").read_text().splitlines()[1:]
     steps = {(line.split(",")[0], line.split(",")[1]): set() for line in curve}
     for line in curve:
         arm, scoring, _, step, _ = line.split(",")
         steps[(arm, scoring)].add(int(step))
-    assert steps == {key: {2, 3, 4} for key in
-                     (("coordinates", "token_probability"), ("coordinates", "constant"), ("fo1", "proposal"))}
+    assert steps == {("coordinates", "token_probability"): {1, 2, 3, 4}, ("coordinates", "constant"): {1, 2, 3, 4},
+                     ("fo1", "proposal"): {2, 3, 4}}  # the twin trains its LLM through FO1's alignment too
 
     # A rerun trains and evaluates nothing again and reports the same numbers.
     kept = sorted(out.rglob(reproduce.TRAIN_RECORD)) + sorted(out.rglob(reproduce.SCORES_FILE))
