@@ -799,6 +799,10 @@ def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str,
     def steps(arm: str) -> int:
         return results[0]["arms"][arm]["steps"]
 
+    def aligned(arm: str) -> dict[str, Any]:
+        """Share of training objects whose region token ended nearest its own label's word vector."""
+        return mean_spread([r["arms"][arm]["phases"][0].get("nearest_label") for r in results])
+
     def answer_tokens(arm: str) -> dict[str, Any]:
         return mean_spread([r["arms"][arm]["scores"][split]["answers"]["mean_answer_tokens"].get("detect_everything")
                             for r in results])
@@ -837,11 +841,11 @@ def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str,
     for name, arms in (("table8", ("fo1", "fo1_vit_unfrozen", "aux_only", "primary_simple_fp")),
                        ("table9", ("primary_simple_fp", "primary_no_simple_fp"))):
         rows = [{"row": ARMS_BY_NAME[arm].title, "arm": arm, **stats_of(arm, "proposal"),
-                 "steps": steps(arm), "train_seconds": wall(arm)} for arm in arms]
+                 "steps": steps(arm), "train_seconds": wall(arm), "aligned": aligned(arm)} for arm in arms]
         columns = ROW_METRICS["ablation"]
-        md = _markdown(["model"] + [c for c, _ in columns] + ["train wall s"],
-                       [[row["row"]] + [_cell(row[key]) for _, key in columns] + [_cell(row["train_seconds"], percent=False, digits=0)]
-                        for row in rows])
+        md = _markdown(["model"] + [c for c, _ in columns] + ["aligned: nearest own label", "train wall s"],
+                       [[row["row"]] + [_cell(row[key]) for _, key in columns]
+                        + [_cell(row["aligned"]), _cell(row["train_seconds"], percent=False, digits=0)] for row in rows])
         tables[name] = {"rows": rows, "markdown": md}
 
     # Table 7: image-level questions before (base) and after training

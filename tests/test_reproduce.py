@@ -275,6 +275,7 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
         ("coordinates", "token_probability"), ("coordinates", "constant"), ("fo1", "proposal")]
     assert [row["arm"] for row in tables["table8"]["rows"]] == ["fo1", "fo1_vit_unfrozen", "aux_only", "primary_simple_fp"]
     assert [row["arm"] for row in tables["table9"]["rows"]] == ["primary_simple_fp", "primary_no_simple_fp"]
+    assert all(0.0 <= row["aligned"]["mean"] <= 1.0 for row in tables["table8"]["rows"] + tables["table9"]["rows"])
     assert [row["arm"] for row in tables["table7"]["rows"]] == ["base"] + arms
     for row in tables["table1"]["rows"] + tables["table8"]["rows"] + tables["table9"]["rows"]:
         for metric in ("map", "rec_acc50", "counting", "rejection", "caption_ss"):
