@@ -593,11 +593,13 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
     write_tokenizer(recipe, folder / "tokenizer")
     base_dir = folder / "base"
     base_train = train_base(recipe, data_dir, folder, base_dir, log)
+    checks = base_language_checks(recipe, base_dir, folder / "base_language_checks.json", log)
     curve_split = next(iter(heldouts))
     curve_items = heldouts[curve_split].items(CURVE_TASKS, budget_.curve_scenes)
     base_scores = {split: evaluate_model("fo1", base_dir, heldout, heldout.items(BASE_TASKS), folder / "base_eval" / split,
                                          budget_, log) for split, heldout in heldouts.items()}
-    result: dict[str, Any] = {"seed": seed, "base": {"train": _train_summary(base_train), "scores": base_scores}, "arms": {}}
+    result: dict[str, Any] = {"seed": seed, "arms": {},
+                              "base": {"train": _train_summary(base_train), "scores": base_scores, "language_checks": checks}}
 
     for arm in ARMS:
         arm_dir = folder / arm.name
@@ -632,6 +634,19 @@ def train_base(recipe: DemoRecipe, data_dir: Path, folder: Path, base_dir: Path,
         record["steps"] += sum(r["steps"] for r in language)
         record["seconds"] = round(record["seconds"] + sum(r["seconds"] for r in language), 1)
     return record
+
+
+def base_language_checks(recipe: DemoRecipe, base_dir: Path, cached: Path, log) -> dict[str, Any]:
+    """What the base brings of the skills FO1's answers are made of: copying, and look-ups over
+    word-filled slots of 2, 4 and 6 items (`recipes.stage_language_checks`, teacher-forced on new
+    questions); cached in `cached`."""
+    from vlmfo1.training.recipes import stage_language_checks
+
+    if not cached.exists():
+        checks = stage_language_checks(base_dir, recipe)
+        cached.write_text(json.dumps(checks, indent=2) + "\n")
+        log(f"base language checks: { {name: c['region'] for name, c in checks.items()} }")
+    return json.loads(cached.read_text())
 
 
 def train_arm(arm: Arm, recipe: DemoRecipe, budget_: ReproBudget, data_dir: Path, base_dir: Path, folder: Path,
@@ -869,6 +884,21 @@ def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str,
     return tables
 
 
+def base_skills_table(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The base's language checks over seeds: region tokens right when copying and in each look-up."""
+    names = list(results[0]["base"]["language_checks"])
+    rows = [{"check": name,
+             "region": mean_spread([r["base"]["language_checks"][name]["region"] for r in results]),
+             "chance": mean_spread([r["base"]["language_checks"][name]["region_chance"] for r in results])}
+            for name in names]
+    titles = {"copy": "copy text with region tokens"} | {n: f"look-up over at most {n.removeprefix('lookup')} word-filled slots"
+                                                        for n in names if n.startswith("lookup")}
+    md = _markdown(["check (teacher-forced, new questions)", "region tokens right", "uniform guess"],
+                   [[titles.get(row["check"], row["check"]), _cell(row["region"]),
+                     "-" if row["check"] == "copy" else _cell(row["chance"])] for row in rows])
+    return {"rows": rows, "markdown": md}
+
+
 def curve_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for result in results:
@@ -920,8 +950,8 @@ def write_curve(rows: list[dict[str, Any]], out: Path, alignment_steps: int | No
     return str(path)
 
 
-def render_report(budget_: ReproBudget, tables: dict[str, dict[str, Any]], png: str | None, wall_seconds: float,
-                  machine: dict[str, Any]) -> str:
+def render_report(budget_: ReproBudget, tables: dict[str, dict[str, Any]], base_skills: dict[str, Any], png: str | None,
+                  wall_seconds: float, machine: dict[str, Any]) -> str:
     """report.md: the tables of every held-out split (`tables`: split -> `build_tables`)."""
     seeds_run = next(iter(tables.values()))["seeds"]
     seeds = ", ".join(str(s) for s in seeds_run)
@@ -937,6 +967,10 @@ def render_report(budget_: ReproBudget, tables: dict[str, dict[str, Any]], png: 
         "",
         (f"Scores in % on {budget_.heldout_scenes} held-out scenes per split; {spread}. Wall time of this invocation "
          f"{wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads)."),
+        "",
+        "## The base VLM's language skills (what FO1's answers are made of)",
+        "",
+        base_skills["markdown"],
         "",
     ]
     for split, split_tables in tables.items():
@@ -1032,11 +1066,13 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
                       fo1_ceiling=tables[curve_split]["table1"]["ceilings"]["fo1"]["map"])
     machine = machine_info()
     wall = time.perf_counter() - start
-    report = render_report(budget_, tables, png, wall, machine)
+    base_skills = base_skills_table(results)
+    report = render_report(budget_, tables, base_skills, png, wall, machine)
     (out / "report.md").write_text(report)
     summary = {"budget": budget_.to_dict(), "seeds": [r["seed"] for r in results], "seeds_run_now": list(seeds),
                "machine": machine, "wall_seconds": round(wall, 1),
-               "reference": references, "per_seed": results, "tables": tables, "curve": rows}
+               "reference": references, "per_seed": results, "tables": tables, "base_skills": base_skills,
+               "curve": rows}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(report, flush=True)
     return summary

@@ -294,6 +294,11 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     for title in ("Table 1 style", "Table 8 style", "Table 9 style", "Table 7 style"):
         assert report.count(title) == 2  # once per held-out split
     assert "Held-out split `harder`" in report and "Held-out split `same_world`" in report
+    # The base's language skills, measured once per seed and cached.
+    checks = results["base_skills"]["rows"]
+    assert [row["check"] for row in checks] == ["copy", "lookup2", "lookup4", "lookup6"]
+    assert all(0.0 <= row["region"]["mean"] <= 1.0 for row in checks) and 0.0 < checks[1]["chance"]["mean"] <= 1.0
+    assert "language skills" in report and (out / "seed0" / "base_language_checks.json").exists()
     for arm in reproduce.ARMS:
         assert arm.title in report
 

@@ -386,7 +386,7 @@ def run_demo_recipe(
         report["wall_seconds"][name] = round(time.perf_counter() - t, 1)
         if name.startswith("language") or (recipe.language and name == "stage0"):
             # Whether each curriculum step formed is measured, not assumed (docs/training.md).
-            report.setdefault("language_checks", {})[name] = _language_checks(stage_dir, recipe)
+            report.setdefault("language_checks", {})[name] = stage_language_checks(stage_dir, recipe)
             log(f"{name}: checks {report['language_checks'][name]}")
         init_from = stage_dir
         if name == "stage0" and recipe.alignment_steps:
@@ -443,7 +443,8 @@ def align_model(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, lear
     return history
 
 
-def _language_checks(stage_dir: Path, recipe: DemoRecipe) -> dict[str, Any]:
+def stage_language_checks(stage_dir: Path, recipe: DemoRecipe) -> dict[str, Any]:
+    """`text_checks.language_checks` of a trained stage folder, with the recipe's question count."""
     from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
     from vlmfo1.processing.processing_fo1 import FO1Processor
     from vlmfo1.training.text_checks import language_checks
