@@ -420,11 +420,11 @@ def align_model(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, lear
                 groups: Sequence[str] | None = None, batch_size: int = 8, resume: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, list[float]]:
     """`align_region_tokens` on the model of `model_dir`, on the objects of `data_dir/train.coco.json`,
-    saved into `out_dir` with its history (`alignment.json`); `groups` trained (None: the function's
-    default). With `resume`, a finished `out_dir` is kept. Returns the history."""
+    saved into `out_dir` with its history (`alignment.json`); `groups` trained (None:
+    `region_pretraining.ALIGNMENT_GROUPS`). With `resume`, a finished `out_dir` is kept. Returns the history."""
     from vlmfo1.modeling.modeling_fo1 import FO1ForConditionalGeneration
     from vlmfo1.processing.processing_fo1 import FO1Processor
-    from vlmfo1.training.region_pretraining import align_region_tokens
+    from vlmfo1.training.region_pretraining import ALIGNMENT_GROUPS, align_region_tokens
     from vlmfo1.training.tiny import save_model
 
     done = Path(out_dir) / "alignment.json"
@@ -434,10 +434,9 @@ def align_model(model_dir: Path, data_dir: Path, out_dir: Path, steps: int, lear
     log(f"alignment: {steps} steps into {out_dir}")
     model = FO1ForConditionalGeneration.from_pretrained(str(model_dir))
     processor = FO1Processor.from_pretrained(model_dir)
-    chosen = {} if groups is None else {"groups": tuple(groups)}
     history = align_region_tokens(model, processor, Path(data_dir) / "train.coco.json", data_dir, steps=steps,
-                                  batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                                  log=lambda line: None, **chosen)
+                                  batch_size=batch_size, learning_rate=learning_rate, seed=seed, log=lambda line: None,
+                                  groups=ALIGNMENT_GROUPS if groups is None else tuple(groups))
     save_model(model, processor, out_dir)
     done.write_text(json.dumps(history) + "\n")
     return history

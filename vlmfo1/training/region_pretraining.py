@@ -35,6 +35,7 @@ from torch import nn
 from vlmfo1.training.stages import group_of_parameters
 
 ENCODER_GROUPS = ("vision", "aux_encoder", "region_encoder")
+ALIGNMENT_GROUPS = (*ENCODER_GROUPS, "connector")  # what `align_region_tokens` trains by default
 
 # Objects (image, its annotations) -> (loss, named training measures)
 ObjectLoss = Callable[[torch.Tensor, torch.Tensor, list[dict]], tuple[torch.Tensor, dict[str, float]]]
@@ -168,13 +169,13 @@ def align_region_tokens(
     learning_rate: float = 2e-3,
     seed: int = 0,
     log: Callable[[str], None] = print,
-    groups: Sequence[str] = (*ENCODER_GROUPS, "connector"),
+    groups: Sequence[str] = ALIGNMENT_GROUPS,
 ) -> dict[str, list[float]]:
     """Trains `groups` of `model` (in place; by default the encoder groups and the connector) so that
-    each object's region token is its label's word-embedding sum (`label_embedding` of `object_label`). The loss is the
-    squared distance over the labels' mean squared norm (so 1.0 for tokens at zero); `nearest_label`
-    is the share of training objects whose token is closer to their own label's vector than to any
-    other label of the file. Returns both every tenth step."""
+    each object's region token is its label's word-embedding sum (`label_embedding` of
+    `object_label`). The loss is the squared distance over the labels' mean squared norm (so 1.0 for
+    tokens at zero); `nearest_label` is the share of training objects whose token is closer to their
+    own label's vector than to any other label of the file. Returns both every tenth step."""
     coco, images = _read_objects(coco_file)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     labels = sorted({object_label(a, names) for _, found in images for a in found})
