@@ -309,29 +309,34 @@ class Prediction:
     text: str  # the answer's text outside its pointers (FO1: the answer itself; twin: without the JSON)
     # (label, xyxy box, {scoring: score}) per box the answer names, in answer order
     detections: list[tuple[str | None, list[float], dict[str, float]]]
+    # The generation hit max_new_tokens: the answer's end is unknown (a rejection cut off before its
+    # first box names no box, yet did not say "none").
+    cut_off: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "detections": [[label, list(box), scores] for label, box, scores in self.detections]}
+        return {"text": self.text, "detections": [[label, list(box), scores] for label, box, scores in self.detections],
+                "cut_off": self.cut_off}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Prediction":
-        return cls(data["text"], [(label, list(box), dict(scores)) for label, box, scores in data["detections"]])
+        return cls(data["text"], [(label, list(box), dict(scores)) for label, box, scores in data["detections"]],
+                   data["cut_off"])
 
 
-def fo1_prediction(record: FO1Record, answer: str) -> Prediction:
+def fo1_prediction(record: FO1Record, answer: str, cut_off: bool = False) -> Prediction:
     """An FO1 answer: the named regions' proposal boxes, scored by the proposal score (SPEC §5)."""
     from vlmfo1.parsing import parse_answer
 
     parsed = parse_answer(answer, record.bbox_list, record.score_list)
     detections = [(group.label, list(ref.box), {"proposal": ref.score}) for group in parsed.groups for ref in group.regions]
     detections += [(None, list(ref.box), {"proposal": ref.score}) for ref in parsed.mentions]
-    return Prediction(answer, detections)
+    return Prediction(answer, detections, cut_off)
 
 
-def coordinate_prediction(parsed, scores: dict[str, list[float]]) -> Prediction:
+def coordinate_prediction(parsed, scores: dict[str, list[float]], cut_off: bool = False) -> Prediction:
     detections = [(box.label, list(box.box), {s: values[k] for s, values in scores.items()})
                   for k, box in enumerate(parsed.boxes)]
-    return Prediction(parsed.remainder, detections)
+    return Prediction(parsed.remainder, detections, cut_off)
 
 
 def score_items(items: Sequence[FO1Record], predictions: dict[str, Prediction], coco: dict[str, Any],
@@ -359,7 +364,7 @@ def score_items(items: Sequence[FO1Record], predictions: dict[str, Prediction], 
         scores["counting"] = counting_scores([predictions[i.id].text for i in counted], [i.meta["count"] for i in counted])
     if "rejection" in by_task:
         rejected = by_task["rejection"]
-        correct = sum(not predictions[item.id].detections for item in rejected)
+        correct = sum(not predictions[item.id].detections and not predictions[item.id].cut_off for item in rejected)
         scores["rejection"] = {"accuracy": correct / len(rejected), "num_items": len(rejected)}
     if "region_caption_brief" in by_task:
         captioned = by_task["region_caption_brief"]
@@ -446,9 +451,10 @@ def _answer_fo1(model_dir, heldout: HeldOut, items, out_dir: Path, budget_: Repr
     answers = read_prediction_records(runner_dir / RUNNER_PREDICTIONS)
     if set(answers) != {item.id for item in items}:
         raise RuntimeError(f"{runner_dir}: evaluate_shapeworld answered other items than the {len(items)} asked")
-    predictions = {item.id: fo1_prediction(item, answers[item.id]["answer"]) for item in items}
+    cut_off = {i.id: any("cut off" in w for w in answers[i.id].get("warnings") or []) for i in items}
+    predictions = {item.id: fo1_prediction(item, answers[item.id]["answer"], cut_off[item.id]) for item in items}
     extra = {"max_new_tokens": max_new_tokens, "generation_seconds": report.get("generation_seconds"),
-             "num_cut_off": sum(any("cut off" in w for w in answers[i.id].get("warnings") or []) for i in items),
+             "num_cut_off": sum(cut_off.values()),
              "num_with_warnings": sum(bool(answers[i.id].get("warnings")) for i in items),
              "mean_answer_tokens": _mean_tokens(tokenizer, items, {i.id: answers[i.id]["answer"] for i in items})}
     return predictions, extra
@@ -467,12 +473,12 @@ def _answer_coordinates(model_dir, heldout: HeldOut, items, out_dir: Path, budge
         by_task.setdefault(item.task, []).append(item)
     predictions, rows, limits, texts = {}, [], {}, {}
     for task, group in by_task.items():
-        limits[task] = heldout.answer_limit(processor.tokenizer, group, "coordinates", budget_.answer_length_margin,
-                                            budget_.max_new_tokens_cap)
+        limits[task] = heldout.answer_limit(processor.tokenizer, limit_references(task, by_task), "coordinates",
+                                            budget_.answer_length_margin, budget_.max_new_tokens_cap)
         answered = answer_coordinate_records(model, processor, [heldout.twins[item.id] for item in group], heldout.folder,
                                              max_new_tokens=limits[task], batch_size=budget_.eval_batch_size)
         for item, answer in zip(group, answered):
-            predictions[item.id] = coordinate_prediction(answer.parsed, answer.scores)
+            predictions[item.id] = coordinate_prediction(answer.parsed, answer.scores, cut_off=not answer.finished)
             texts[item.id] = answer.answer
             rows.append({**answer.to_dict(), "task": task})
     with open(out_dir / "coordinate_answers.jsonl", "w", encoding="utf-8") as handle:
@@ -484,6 +490,15 @@ def _answer_coordinates(model_dir, heldout: HeldOut, items, out_dir: Path, budge
         "mean_answer_tokens": _mean_tokens(processor.tokenizer, items, texts),
     }
     return predictions, extra
+
+
+def limit_references(task: str, by_task: dict[str, list[FO1Record]]) -> list[FO1Record]:
+    """The items whose reference answers set `task`'s generation limit. A rejection question is a
+    detection question whose shapes happen to be absent: sized by its own "none" answer alone, a
+    model that does not reject would be cut off before its first box and look as if it had."""
+    if task == "rejection":
+        return by_task["rejection"] + by_task.get("detect_everything", [])
+    return by_task[task]
 
 
 def _mean_tokens(tokenizer, items: Sequence[FO1Record], answers: dict[str, str]) -> dict[str, float]:

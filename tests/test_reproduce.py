@@ -262,6 +262,28 @@ def test_budgets_share_the_recipe_plans(reproduce):
         reproduce.budget("huge")
 
 
+def test_rejection_is_a_finished_answer_that_names_no_box(reproduce):
+    """A rejection cut off before its first box names no box but did not decline: it counts as wrong,
+    and its generation limit is a detection answer's, so a model that does not reject can show it."""
+    record = reproduce.FO1Record.single_turn
+    items = [record(f"r{k}", "0.png", "Detect squares.", "None.", [[0, 0, 10, 10]], [1.0], task="rejection") for k in range(3)]
+    box = ("square", [0.0, 0.0, 10.0, 10.0], {"proposal": 1.0})
+    predictions = {"r0": reproduce.Prediction("None.", []),  # declined
+                   "r1": reproduce.Prediction("", [], cut_off=True),  # ran out of tokens before any box
+                   "r2": reproduce.Prediction("", [box])}  # named a box
+    scores = reproduce.score_items(items, predictions, {}, ("proposal",))
+    assert scores["rejection"] == {"accuracy": pytest.approx(1 / 3), "num_items": 3}
+    assert reproduce.Prediction.from_dict(predictions["r1"].to_dict()) == predictions["r1"]
+
+    everything = [record("e0", "0.png", "Detect all.", "<ground>square</ground><objects><region0></objects>",
+                         [[0, 0, 10, 10]], [1.0], task="detect_everything")]
+    counting = [record("c0", "0.png", "How many?", "1", task="counting")]
+    by_task = {"rejection": items, "detect_everything": everything, "counting": counting}
+    assert reproduce.limit_references("rejection", by_task) == items + everything
+    assert reproduce.limit_references("counting", by_task) == counting
+    assert reproduce.limit_references("rejection", {"rejection": items}) == items
+
+
 def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread):
     out = tmp_path / "run"
     budget = reproduce.budget("tiny")
