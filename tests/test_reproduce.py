@@ -284,6 +284,20 @@ def test_rejection_is_a_finished_answer_that_names_no_box(reproduce):
     assert reproduce.limit_references("rejection", {"rejection": items}) == items
 
 
+def test_answer_floors(reproduce):
+    record = reproduce.FO1Record.single_turn
+    # Two proposals, one on the referent: a random pick is right half the time; a one-referent
+    # expression only (the two-referent one is left out, as in REC scoring).
+    rec = record("r", "0.png", "Where?", "<region0>", [[0, 0, 10, 10], [50, 50, 60, 60]], [1.0, 1.0], task="rec",
+                 meta={"gt_boxes": [[0, 0, 10, 10]]})
+    two = record("t", "0.png", "Where?", "<region0>", [[0, 0, 10, 10]], [1.0], task="rec",
+                 meta={"gt_boxes": [[0, 0, 10, 10], [50, 50, 60, 60]]})
+    counts = [record(f"c{k}", "0.png", "How many?", str(n), task="counting", meta={"count": n}) for k, n in enumerate([2, 1, 2])]
+    floors = reproduce.answer_floors([rec, two] + counts)
+    assert floors == {"rec_random_proposal": pytest.approx(0.5),
+                      "counting_most_common": {"count": 2, "accuracy": pytest.approx(2 / 3)}}
+
+
 def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread):
     out = tmp_path / "run"
     budget = reproduce.budget("tiny")
@@ -311,6 +325,10 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     assert all(coordinates[key] == pytest.approx(1.0) for key in ("map", "ap50", "rec_acc50", "counting", "rejection", "image_qa"))
     assert fo1["ap50"] == pytest.approx(1.0) and fo1["map"] < 0.9
     assert fo1["rec_acc50"] == pytest.approx(1.0) and fo1["counting"] == pytest.approx(1.0)
+    # ... and what answering without looking scores: a random proposal, the most common count.
+    floors = tables["table1"]["floors"]
+    assert 0.0 < floors["rec_random_proposal"] < 1.0 and 0.0 < floors["counting_most_common"]["accuracy"] <= 1.0
+    assert "Floors of this split" in tables["table1"]["markdown"]
 
     report = (out / "report.md").read_text()
     for title in ("Table 1 style", "Table 8 style", "Table 9 style", "Table 7 style"):
