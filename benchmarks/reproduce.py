@@ -319,6 +319,9 @@ class Prediction:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Prediction":
+        if "cut_off" not in data:  # written before cut-off answers were recorded: its rejection scores are wrong
+            raise ValueError(f"an answer saved without its cut_off flag ({data.get('text', '')[:40]!r}...): this run "
+                             "folder was evaluated by an older version; delete its eval/ folders to re-evaluate")
         return cls(data["text"], [(label, list(box), dict(scores)) for label, box, scores in data["detections"]],
                    data["cut_off"])
 

@@ -274,6 +274,9 @@ def test_rejection_is_a_finished_answer_that_names_no_box(reproduce):
     scores = reproduce.score_items(items, predictions, {}, ("proposal",))
     assert scores["rejection"] == {"accuracy": pytest.approx(1 / 3), "num_items": 3}
     assert reproduce.Prediction.from_dict(predictions["r1"].to_dict()) == predictions["r1"]
+    older = {key: value for key, value in predictions["r1"].to_dict().items() if key != "cut_off"}
+    with pytest.raises(ValueError, match="older version"):
+        reproduce.Prediction.from_dict(older)
 
     everything = [record("e0", "0.png", "Detect all.", "<ground>square</ground><objects><region0></objects>",
                          [[0, 0, 10, 10]], [1.0], task="detect_everything")]
