@@ -454,6 +454,7 @@ def _answer_fo1(model_dir, heldout: HeldOut, items, out_dir: Path, budget_: Repr
     """FO1 answers through the recipe's evaluation (`evaluate_shapeworld`: the evaluation runner)."""
     from vlmfo1.evaluation.predictions import read_prediction_records
     from vlmfo1.evaluation.runner import PREDICTIONS_FILE as RUNNER_PREDICTIONS
+    from vlmfo1.parsing import was_cut_off
     from vlmfo1.processing.processing_fo1 import FO1Processor
     from vlmfo1.training.recipes import evaluate_shapeworld
 
@@ -471,7 +472,7 @@ def _answer_fo1(model_dir, heldout: HeldOut, items, out_dir: Path, budget_: Repr
     answers = read_prediction_records(runner_dir / RUNNER_PREDICTIONS)
     if set(answers) != {item.id for item in items}:
         raise RuntimeError(f"{runner_dir}: evaluate_shapeworld answered other items than the {len(items)} asked")
-    cut_off = {i.id: any("cut off" in w for w in answers[i.id].get("warnings") or []) for i in items}
+    cut_off = {i.id: was_cut_off(answers[i.id].get("warnings") or []) for i in items}
     predictions = {item.id: fo1_prediction(item, answers[item.id]["answer"], cut_off[item.id]) for item in items}
     extra = {"max_new_tokens": max_new_tokens, "generation_seconds": report.get("generation_seconds"),
              "num_cut_off": sum(cut_off.values()),

@@ -126,7 +126,7 @@ def test_a_run_writes_one_prediction_per_item_and_the_metrics(random_pipeline, s
     assert report["score_mode"] == "proposal"
     assert report["run"]["num_predicted"] == len(dataset) and report["run"]["num_resumed"] == 0
     # Random answers of 8 tokens are cut off; each is counted, not dropped.
-    assert report["answers"]["num_cut_off"] == sum(any("cut off" in w for w in r["warnings"]) for r in records) > 0
+    assert report["answers"]["num_cut_off"] == sum(any("cut off at max_new_tokens=8" in w for w in r["warnings"]) for r in records) > 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == report
     assert json.loads((tmp_path / "run.json").read_text())["task"] == "shapeworld"
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vlmfo1 import prompts
-from vlmfo1.parsing import decode_and_parse, parse_answer
+from vlmfo1.parsing import CUT_OFF_WARNING, decode_and_parse, parse_answer, was_cut_off
 
 BOXES = [[0, 0, 10, 10], [10, 10, 20, 20], [20, 20, 30, 30], [30, 30, 40, 40], [40, 40, 50, 50]]
 SCORES = [0.9, 0.8, 0.7, 0.6, 0.5]
@@ -116,6 +116,16 @@ def test_unclosed_objects_at_end_keeps_regions():
     parsed = parse_answer("<ground>cat</ground><objects><region1><region2>")
     assert groups_of(parsed) == [("cat", [1, 2])]
     assert has_warning(parsed, "unclosed <objects>", "cut off")
+
+
+def test_a_repair_that_guesses_a_cut_off_is_not_a_cut_off():
+    """The parser's "(generation cut off?)" is a guess from the text: a model can stop on its own inside
+    an unclosed tag. Only the generator's warning says max_new_tokens was reached."""
+    parsed = parse_answer("<ground>circles")
+    assert has_warning(parsed, "unclosed <ground>", "cut off")
+    assert not was_cut_off(parsed.warnings)
+    assert was_cut_off(parsed.warnings + [f"{CUT_OFF_WARNING}=16"])
+    assert was_cut_off([f"call 1 ('circle'): {CUT_OFF_WARNING}=16"])
 
 
 def test_unclosed_ground_at_end_has_no_group():

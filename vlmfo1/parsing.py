@@ -35,6 +35,14 @@ Box = tuple[float, float, float, float]
 # Qwen chat control tokens that can end (or pad) a generation; they carry no answer content.
 CONTROL_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
 
+# The warning every answer format records when generation stopped at max_new_tokens. The parser's
+# own "(generation cut off?)" repairs are guesses from the text; only this one says the end was not reached.
+CUT_OFF_WARNING = "answer cut off at max_new_tokens"
+
+
+def was_cut_off(warnings: Sequence[str]) -> bool:
+    return any(CUT_OFF_WARNING in warning for warning in warnings)
+
 _GRAMMAR_TAG = r"</?(?:ground|objects|think|answer)>"
 _TOKEN_RE = re.compile(rf"({_GRAMMAR_TAG})|<region(\d+)>|(<region[^<>]*>)")
 # A label runs to its closing tag or, when that is missing, to the next tag.

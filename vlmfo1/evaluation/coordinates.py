@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlmfo1 import prompts
-from vlmfo1.parsing import CONTROL_TOKENS
+from vlmfo1.parsing import CONTROL_TOKENS, CUT_OFF_WARNING
 
 BOX_SCORINGS = ("token_probability", "constant")
 
@@ -241,7 +241,7 @@ class CoordinatePrediction:
             "is_none": self.parsed.is_none,
             "finished": self.finished,
             "num_tokens": self.num_tokens,
-            "warnings": self.parsed.warnings + ([] if self.finished else ["answer cut off at max_new_tokens"]),
+            "warnings": self.parsed.warnings + ([] if self.finished else [CUT_OFF_WARNING]),
         }
 
 

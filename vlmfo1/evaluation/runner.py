@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 from vlmfo1.evaluation.items import EvalDataset, EvalItem
 from vlmfo1.evaluation.predictions import append_prediction_record, read_prediction_records
 from vlmfo1.evaluation.tasks import DetectionTask, Task, get_task
-from vlmfo1.parsing import ParsedAnswer, parse_answer
+from vlmfo1.parsing import ParsedAnswer, parse_answer, was_cut_off
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -300,7 +300,7 @@ def _answer_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     examples = list(dict.fromkeys(f"{record['id']}: {w}" for record in warned for w in record["warnings"]))[:5]
     return {
         "num_with_warnings": len(warned),
-        "num_cut_off": sum(any("cut off at max_new_tokens" in w for w in record["warnings"]) for record in warned),
+        "num_cut_off": sum(was_cut_off(record["warnings"]) for record in warned),
         "num_unknown_labels": sum(len(record.get("unknown_labels") or []) for record in records),
         "num_proposals_truncated": sum(bool(record.get("proposals_dropped")) for record in records),
         "warning_examples": examples,

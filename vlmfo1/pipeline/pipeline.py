@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vlmfo1 import prompts
-from vlmfo1.parsing import ParsedAnswer, decode_and_parse
+from vlmfo1.parsing import CUT_OFF_WARNING, ParsedAnswer, decode_and_parse
 from vlmfo1.pipeline.chunking import DEFAULT_DEDUPE_IOU, ChunkedRegion, merge_chunk_regions, plan_chunks
 from vlmfo1.pipeline.generation import FO1Generator, Generated, ModelCall
 from vlmfo1.pipeline.results import FO1Result, ProposalSet, Region, RegionAnswer
@@ -390,7 +390,7 @@ class FO1Pipeline:
             where = f"call {k} ({plan.queries[k]!r}): " if several else ""
             warnings += [where + w for w in parsed.warnings]
             if not generated.finished:
-                warnings.append(f"{where}answer cut off at max_new_tokens={self.generator.max_new_tokens}")
+                warnings.append(f"{where}{CUT_OFF_WARNING}={self.generator.max_new_tokens}")
             probabilities = RegionProbabilities(region_emissions(generated.token_ids, generated.probabilities, tokenizer, self.grammar_ids))
             override = plan.label_overrides[k]
             for group in parsed.groups:
