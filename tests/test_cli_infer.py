@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline_support import ANSWER, make_processor, random_boxes, save_model, scripted_model
 from vlmfo1.cli import infer
-from vlmfo1.data.shapeworld import ShapeWorldConfig, generate_scene
+from vlmfo1.data.shapeworld import ShapeWorldConfig, generate_example, generate_scene
 from vlmfo1.pipeline.results import RESULT_JSON_SCHEMA
 
 SIZE = (320, 240)  # not the processor's working size: boxes must come back in these pixels
@@ -161,6 +161,28 @@ def test_demo_writes_the_scene_and_pictures(app, model_dir, tmp_path):
         assert Image.open(out / f"{task}.png").width == 768  # 256 enlarged x3
     detect = load_result(out / "detect.json")
     assert len(detect["queries"]) == 1 and detect["queries"][0].startswith("Please detect ")
+
+
+def test_demo_asks_about_the_scenes_own_proposals_by_default(app, model_dir, tmp_path):
+    """A model trained on ShapeWorld's proposal lists (objects and a few background boxes) is shown the
+    same kind of list, not a hundred selective-search boxes; the list is saved in the --boxes format."""
+    out = tmp_path / "demo"
+    outcome = invoke(app, "demo", "--model", model_dir, "--out", out, "--index", 3, "--max-new-tokens", 8)
+    assert outcome.exit_code == 0, outcome.output
+    example = generate_example(ShapeWorldConfig.heldout(), index=3, seed=0, split="demo")
+    saved = json.loads((out / "scene.boxes.json").read_text())
+    assert saved == {"bbox_list": example.proposals.boxes, "score_list": example.proposals.scores}
+    assert len(example.proposals) > len(example.scene.objects)  # background boxes too, not the answers
+    for task in ("detect", "count", "grounded_caption", "detect_everything"):
+        proposals = load_result(out / f"{task}.json")["proposals"]
+        assert proposals["boxes"] == [[float(v) for v in box] for box in example.proposals.boxes]
+        assert proposals["scores"] == pytest.approx(example.proposals.scores)
+    assert f"its {len(example.proposals)} proposals in scene.boxes.json" in outcome.output
+    # Ran again on the saved list, detect sees the same regions.
+    again = invoke(app, "detect", out / "scene.png", "red circle", "--model", model_dir, "--boxes",
+                   out / "scene.boxes.json", "--out", tmp_path / "again", "--max-new-tokens", 8)
+    assert again.exit_code == 0, again.output
+    assert load_result(tmp_path / "again" / "scene.json")["proposals"]["boxes"] == load_result(out / "detect.json")["proposals"]["boxes"]
 
 
 def test_demo_scenes_come_from_the_models_own_world(app, model_dir, tmp_path):

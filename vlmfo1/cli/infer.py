@@ -6,6 +6,7 @@ torch and transformers are imported inside the commands, so `vlmfo1 --help` stay
 """
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -135,23 +136,36 @@ def demo_command(
     out: Path = typer.Option(Path("vlmfo1-demo"), "--out", "-o", help="Folder for the scene, pictures and JSON."),
     seed: int = typer.Option(0, "--seed", help="ShapeWorld seed of the scene."),
     index: int = typer.Option(0, "--index", help="ShapeWorld scene index."),
-    model: str = _MODEL, proposer: str = _PROPOSER, device: str = _DEVICE, dtype: str = _DTYPE,
+    model: str = _MODEL,
+    proposer: str = typer.Option(
+        "scene", "--proposer", "-p",
+        help="'scene': the scene's own proposal list (ShapeWorld's stand-in for a detector, the kind of "
+             "list the model was trained on); or any proposer spec, as for detect.",
+    ),
+    device: str = _DEVICE, dtype: str = _DTYPE,
     score: str = _SCORE, max_new_tokens: int = _MAX_NEW,
     show_proposals: bool = _SHOW_PROPOSALS,
 ) -> None:
     """Generate a new ShapeWorld scene and run several tasks on it; writes the pictures. The scene is
     of the model's own world when its recipe.json names one (the bundled model's does), else of the
     harder `heldout` preset."""
-    from vlmfo1.data.shapeworld import generate_scene
+    from vlmfo1.data.shapeworld import generate_example
     from vlmfo1.data.shapeworld.vocab import COLOURS, SHAPES, plural
     from vlmfo1.pipeline import TaskRequest
 
-    settings = RunSettings(model, proposer, None, out, device, dtype, score, 4, max_new_tokens, show_proposals)
-    pipeline = _build_pipeline(settings)
-    scene = generate_scene(_model_world(model), index=index, seed=seed, split="demo")
+    example = generate_example(_model_world(model), index=index, seed=seed, split="demo")
+    scene = example.scene
     out.mkdir(parents=True, exist_ok=True)
     scene_path = out / "scene.png"
     scene.image.save(scene_path)
+    # The scene's proposals are written in the --boxes format, so any command can be rerun on them.
+    boxes_path = out / "scene.boxes.json"
+    boxes_path.write_text(json.dumps({"bbox_list": example.proposals.boxes, "score_list": example.proposals.scores}) + "\n")
+    from_scene = proposer.lower() == "scene"
+    settings = RunSettings(model, "none" if from_scene else proposer, None, out, device, dtype, score, 4,
+                           max_new_tokens, show_proposals)
+    pipeline = _build_pipeline(settings)
+    regions = {"boxes": example.proposals.boxes, "scores": example.proposals.scores} if from_scene else {}
 
     labels = Counter(obj.label for obj in scene.objects)
     present = [label for label, _ in labels.most_common(2)]
@@ -160,10 +174,10 @@ def demo_command(
     most = scene.objects[0] if not labels else next(o for o in scene.objects if o.label == labels.most_common(1)[0][0])
     most_colour, most_shape = most.colour, most.category
     requests = {
-        "detect": TaskRequest("detect", scene.image, {"categories": present + [absent]}),
-        "count": TaskRequest("count", scene.image, {"category": f"{most_colour} {plural(most_shape)}"}),
-        "grounded_caption": TaskRequest("grounded_caption", scene.image, {}),
-        "detect_everything": TaskRequest("detect_everything", scene.image, {}),
+        "detect": TaskRequest("detect", scene.image, {"categories": present + [absent], **regions}),
+        "count": TaskRequest("count", scene.image, {"category": f"{most_colour} {plural(most_shape)}", **regions}),
+        "grounded_caption": TaskRequest("grounded_caption", scene.image, dict(regions)),
+        "detect_everything": TaskRequest("detect_everything", scene.image, dict(regions)),
     }
     results = dict(zip(requests, pipeline.run(list(requests.values()))))
     # Captions for the regions detection found (or the first proposals when it found none).
@@ -173,7 +187,8 @@ def demo_command(
     for name, result in results.items():
         _write_outputs(scene.image, result, out / name, settings.show_proposals)
     _print_summary([(name, result) for name, result in results.items()], out)
-    typer.echo(f"scene: {scene_path} ({len(scene.objects)} objects; asked for {present + [absent]})")
+    source = f"its {len(example.proposals)} proposals in {boxes_path.name}" if from_scene else f"proposer {proposer}"
+    typer.echo(f"scene: {scene_path} ({len(scene.objects)} objects; asked for {present + [absent]}; {source})")
 
 
 def _model_world(model: str):
