@@ -827,6 +827,44 @@ ROW_METRICS = {  # (column title, key)
 }
 
 
+# Each claim as one paired difference per seed, signed so that positive is what the paper says:
+# (claim, metric key of `headline`, (arm, scoring) in favour, (arm, scoring) against; "base" is the
+# stage-0 model, which only has image QA).
+CLAIMS = (
+    ("retrieval beats coordinate generation (Table 1)", "map", ("fo1", "proposal"), ("coordinates", "token_probability")),
+    ("the dual encoder beats the auxiliary branch alone (Table 8)", "average", ("fo1", "proposal"), ("aux_only", "proposal")),
+    ("the dual encoder beats the primary branch alone (Table 8)", "average", ("fo1", "proposal"), ("primary_simple_fp", "proposal")),
+    ("SimpleFP helps the primary branch (Table 9)", "average", ("primary_simple_fp", "proposal"), ("primary_no_simple_fp", "proposal")),
+    ("freezing the primary ViT is better (Table 8)", "average", ("fo1", "proposal"), ("fo1_vit_unfrozen", "proposal")),
+    ("perception without forgetting (Table 7)", "image_qa", ("fo1", "proposal"), ("base", None)),
+)
+METRIC_TITLES = {"map": "mAP", "average": "average", "image_qa": "image QA"}
+
+
+def claims_table(results: list[dict[str, Any]], split: str) -> dict[str, Any]:
+    """Every claim's paired difference, seed by seed: the spread of a difference is smaller than the
+    spreads of the two scores it is taken from, because both arms start from the same seed's base."""
+    def value(result: dict[str, Any], side: tuple[str, str | None], metric: str) -> float:
+        arm, scoring = side
+        if arm == "base":
+            return result["base"]["scores"][split]["image_qa"]["accuracy"]
+        return headline(result["arms"][arm]["scores"][split], scoring)[metric]
+
+    rows = []
+    for claim, metric, favour, against in CLAIMS:
+        differences = [value(r, favour, metric) - value(r, against, metric) for r in results]
+        rows.append({"claim": claim, "metric": metric, "favour": favour[0], "against": against[0],
+                     "per_seed": {str(r["seed"]): d for r, d in zip(results, differences)},
+                     "difference": mean_spread(differences),
+                     "seeds_by_sign": {"positive": sum(d > 0 for d in differences), "zero": sum(d == 0 for d in differences),
+                                       "negative": sum(d < 0 for d in differences)}})
+    md = _markdown(["claim", "difference", "metric", "per seed", "mean", "seeds + / 0 / −"],
+                   [[row["claim"], f"{row['favour']} − {row['against']}", METRIC_TITLES[row["metric"]],
+                     ", ".join(f"{100 * d:+.1f}" for d in row["per_seed"].values()), _cell(row["difference"]),
+                     " / ".join(str(n) for n in row["seeds_by_sign"].values())] for row in rows])
+    return {"rows": rows, "markdown": md}
+
+
 def reference_answer_tokens(heldout: HeldOut, tokenizer_dir: Path) -> dict[str, float]:
     """Mean tokens of the reference "detect everything" answers in each format (one seed's tokenizer)."""
     from transformers import AutoTokenizer
@@ -922,6 +960,7 @@ def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str,
                + [_cell(row["per_type"][k]) for k in kinds] for row in table7]
     tables["table7"] = {"rows": table7, "question_types": kinds,
                         "markdown": _markdown(["model", "image QA", "Δ vs base"] + kinds, md_rows)}
+    tables["claims"] = claims_table(results, split)
     return tables
 
 
@@ -1002,6 +1041,7 @@ def render_report(budget_: ReproBudget, tables: dict[str, dict[str, Any]], base_
         ("table8", "Table 8 style: HFRE ablations (FO1 alignment + stage 2 from the same base)"),
         ("table9", "Table 9 style: SimpleFP on the primary branch (primary region feature only)"),
         ("table7", "Table 7 style: image-level questions before and after training (forgetting)"),
+        ("claims", "The claims, seed by seed: paired differences in points, positive = as the paper says"),
     ]
     lines = [
         f"# Reproduction on ShapeWorld: budget `{budget_.name}`, seeds {seeds}",

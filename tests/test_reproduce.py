@@ -301,6 +301,38 @@ def test_answer_floors(reproduce):
                       "counting_most_common": {"count": 2, "accuracy": pytest.approx(2 / 3)}}
 
 
+def test_claims_are_paired_differences_per_seed(reproduce):
+    """Each claim's difference is taken within a seed (both arms from that seed's base), signed so that
+    positive is what the paper says; a tie is counted as neither."""
+    def scores(map_, others, qa=0.5):
+        return {"same_world": {"detection": {"proposal": {"AP": map_, "AP50": map_}, "token_probability": {"AP": map_}},
+                               "rec": {"accuracy": others}, "counting": {"accuracy": others},
+                               "rejection": {"accuracy": others}, "caption": {"semantic_similarity": others},
+                               "image_qa": {"accuracy": qa}}}
+
+    def seed(seed, unfrozen_others, fo1_qa):
+        arms = {"fo1": scores(0.3, 0.5, fo1_qa), "coordinates": scores(0.0, 0.2), "aux_only": scores(0.1, 0.5),
+                "primary_simple_fp": scores(0.2, 0.5), "primary_no_simple_fp": scores(0.1, 0.4),
+                "fo1_vit_unfrozen": scores(0.3, unfrozen_others)}
+        return {"seed": seed, "arms": {name: {"scores": s} for name, s in arms.items()},
+                "base": {"scores": scores(0.0, 0.0, qa=0.5)}}
+
+    table = reproduce.claims_table([seed(0, 0.6, 0.5), seed(1, 0.45, 0.45)], "same_world")
+    rows = {row["favour"] + "-" + row["against"]: row for row in table["rows"]}
+    assert rows["fo1-coordinates"]["per_seed"] == {"0": pytest.approx(0.3), "1": pytest.approx(0.3)}
+    # average = mean of mAP and four metrics at `others`: fo1 (0.3 + 4 * 0.5) / 5 = 0.46
+    assert rows["fo1-aux_only"]["difference"]["mean"] == pytest.approx(0.46 - 0.42)
+    assert rows["primary_simple_fp-primary_no_simple_fp"]["difference"]["mean"] == pytest.approx(0.44 - 0.34)
+    frozen = rows["fo1-fo1_vit_unfrozen"]
+    assert frozen["per_seed"] == {"0": pytest.approx(-0.08), "1": pytest.approx(0.04)}
+    assert frozen["seeds_by_sign"] == {"positive": 1, "zero": 0, "negative": 1}
+    assert frozen["difference"]["std"] == pytest.approx(math.sqrt(2 * 0.06 ** 2))  # sample std of -0.08, 0.04
+    forgetting = rows["fo1-base"]
+    assert forgetting["per_seed"] == {"0": 0.0, "1": pytest.approx(-0.05)}
+    assert forgetting["seeds_by_sign"] == {"positive": 0, "zero": 1, "negative": 1}
+    assert "| perception without forgetting (Table 7) | fo1 − base | image QA | +0.0, -5.0 | -2.5 ± 3.5 | 0 / 1 / 1 |" in table["markdown"]
+
+
 def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread):
     out = tmp_path / "run"
     budget = reproduce.budget("tiny")
@@ -334,7 +366,7 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     assert "Floors of this split" in tables["table1"]["markdown"]
 
     report = (out / "report.md").read_text()
-    for title in ("Table 1 style", "Table 8 style", "Table 9 style", "Table 7 style"):
+    for title in ("Table 1 style", "Table 8 style", "Table 9 style", "Table 7 style", "The claims, seed by seed"):
         assert report.count(title) == 2  # once per held-out split
     assert "Held-out split `harder`" in report and "Held-out split `same_world`" in report
     # The base's language skills, measured once per seed and cached.
