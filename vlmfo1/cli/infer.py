@@ -176,8 +176,8 @@ def demo_command(
     requests = {
         "detect": TaskRequest("detect", scene.image, {"categories": present + [absent], **regions}),
         "count": TaskRequest("count", scene.image, {"category": f"{most_colour} {plural(most_shape)}", **regions}),
-        "grounded_caption": TaskRequest("grounded_caption", scene.image, dict(regions)),
-        "detect_everything": TaskRequest("detect_everything", scene.image, dict(regions)),
+        "grounded_caption": TaskRequest("grounded_caption", scene.image, regions),
+        "detect_everything": TaskRequest("detect_everything", scene.image, regions),
     }
     results = dict(zip(requests, pipeline.run(list(requests.values()))))
     # Captions for the regions detection found (or the first proposals when it found none).
