@@ -1099,9 +1099,12 @@ def describe_heldout(heldout: HeldOut, reference: dict[str, Any]) -> dict[str, A
 
 
 def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, threads: int | None = None,
-        log: Callable[[str], None] | None = None, reference_only: bool = False) -> dict[str, Any]:
+        log: Callable[[str], None] | None = None, reference_only: bool = False, report_only: bool = False) -> dict[str, Any]:
     """Runs (or resumes) every seed, then writes results.json, report.md and the curve; returns the results.
-    With `reference_only`, writes the held-out splits and returns `describe_heldout` of each (no training)."""
+    With `reference_only`, writes the held-out splits and returns `describe_heldout` of each (no training).
+    With `report_only`, trains and evaluates nothing: the report is rebuilt from the finished seeds'
+    `seed*/result.json` in `out` alone (e.g. an archive of them: the held-out splits and a tokenizer,
+    both deterministic, are remade when missing)."""
     from transformers.utils import logging as transformers_logging
 
     start = time.perf_counter()
@@ -1110,6 +1113,12 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
     if threads:
         torch.set_num_threads(threads)
         budget_ = dataclasses.replace(budget_, recipe=dataclasses.replace(budget_.recipe, threads=threads))
+    if report_only:
+        if seeds is not None:
+            raise ValueError("report_only trains no seed: leave seeds out")
+        if not any(out.glob("seed*/result.json")):
+            raise SystemExit(f"{out} holds no finished seed (seed*/result.json): nothing to report")
+        seeds = ()
     seeds = tuple(seeds) if seeds is not None else budget_.seeds
     out.mkdir(parents=True, exist_ok=True)
     identity_file = out / "budget.json"
@@ -1136,8 +1145,10 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
         run_seed(budget_, seed, out, heldouts, log)
     # Every finished seed of the folder counts: seeds added by a later command join the tables.
     results = sorted((json.loads(path.read_text()) for path in out.glob("seed*/result.json")), key=lambda r: r["seed"])
-    tables = {split: build_tables(results, split, references[split],
-                                  reference_answer_tokens(heldout, out / f"seed{seeds[0]}" / "tokenizer"))
+    # The reference answers' lengths in tokens, by the first finished seed's tokenizer.
+    tokenizer_dir = out / f"seed{results[0]['seed']}" / "tokenizer"
+    write_tokenizer(dataclasses.replace(budget_.recipe, seed=results[0]["seed"]), tokenizer_dir)
+    tables = {split: build_tables(results, split, references[split], reference_answer_tokens(heldout, tokenizer_dir))
               for split, heldout in heldouts.items()}
     curve_split = next(iter(heldouts))
     rows = curve_rows(results)
@@ -1179,10 +1190,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=_seeds, default=None, help="comma-separated, e.g. 0,1,2 (default: the budget's)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--reference-only", action="store_true",
-                        help="only write the held-out split and print what its reference answers score")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--reference-only", action="store_true",
+                       help="only write the held-out split and print what its reference answers score")
+    modes.add_argument("--report-only", action="store_true",
+                       help="train nothing: rebuild the report from the seed*/result.json files in --out")
     args = parser.parse_args(argv)
-    return run(budget(args.budget), args.out, seeds=args.seeds, threads=args.threads, reference_only=args.reference_only)
+    if args.report_only and args.seeds is not None:
+        parser.error("--report-only trains no seed: leave --seeds out")
+    return run(budget(args.budget), args.out, seeds=args.seeds, threads=args.threads,
+               reference_only=args.reference_only, report_only=args.report_only)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -333,6 +334,17 @@ def test_claims_are_paired_differences_per_seed(reproduce):
     assert "| perception without forgetting (Table 7) | fo1 − base | image QA | +0.0, -5.0 | -2.5 ± 3.5 | 0 / 1 / 1 |" in table["markdown"]
 
 
+def test_report_only_needs_a_finished_seed_and_trains_none(reproduce, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="no finished seed"):
+        reproduce.main(["--budget", "tiny", "--out", str(tmp_path / "empty"), "--report-only"])
+    with pytest.raises(SystemExit):
+        reproduce.main(["--budget", "tiny", "--out", str(tmp_path), "--report-only", "--seeds", "0"])
+    assert "leave --seeds out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["--budget", "tiny", "--out", str(tmp_path), "--report-only", "--reference-only"])
+    assert not any(tmp_path.rglob("*.safetensors"))
+
+
 def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread):
     out = tmp_path / "run"
     budget = reproduce.budget("tiny")
@@ -442,6 +454,29 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     assert {path: path.stat().st_mtime_ns for path in kept} == stamps
     assert again["tables"] == summary["tables"]
 
+    # The seeds' result.json files alone (an archive: no data, checkpoints or answers) rebuild the
+    # same tables, training nothing; the held-out splits and the tokenizer are remade.
+    archive = tmp_path / "archive"
+    (archive / "seed0").mkdir(parents=True)
+    shutil.copy(out / "budget.json", archive / "budget.json")
+    shutil.copy(out / "seed0" / "result.json", archive / "seed0" / "result.json")
+    rebuilt = reproduce.main(["--budget", "tiny", "--out", str(archive), "--report-only"])
+    assert rebuilt["tables"] == summary["tables"] and rebuilt["seeds"] == [0] and rebuilt["seeds_run_now"] == []
+    assert sorted(path.name for path in (archive / "seed0").iterdir()) == ["result.json", "tokenizer"]
+    assert (archive / "report.md").read_text().count("The claims, seed by seed") == 2
+
     # Another budget in the same folder is refused before anything runs.
     with pytest.raises(SystemExit, match="another budget"):
         reproduce.run(reproduce.budget("small"), out)
+
+
+def test_kept_full_results_are_of_the_full_budget(reproduce):
+    """The repository keeps the full budget's finished seeds (benchmarks/results/reproduce-full): they
+    must be of the budget `--budget full` runs today, and each seed complete."""
+    kept = REPO / "benchmarks" / "results" / "reproduce-full"
+    assert json.loads((kept / "budget.json").read_text()) == reproduce.budget("full").identity()
+    for path in sorted(kept.glob("seed*/result.json")):
+        result = json.loads(path.read_text())
+        assert path.parent.name == f"seed{result['seed']}"
+        assert set(result["arms"]) == {arm.name for arm in reproduce.ARMS}
+        assert set(result["base"]["scores"]) == set(reproduce.budget("full").heldout_splits)
