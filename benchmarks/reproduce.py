@@ -738,7 +738,7 @@ def align_phase(recipe: DemoRecipe, arm: Arm, init: Path, data_dir: Path, out_di
         record = {"steps": recipe.alignment_steps, "seconds": round(time.perf_counter() - start, 1),
                   "learning_rate": recipe.alignment_learning_rate, "batch_size": ALIGNMENT_BATCH,
                   "stage": {"name": "alignment", "train": list(arm.alignment_groups)},
-                  "losses": [[10 * (k + 1), loss] for k, loss in enumerate(history["loss"])],
+                  "losses": [list(pair) for pair in zip(history["step"], history["loss"])],
                   "nearest_label": history["nearest_label"]}
         record_file.write_text(json.dumps(record, indent=2) + "\n")
     record = json.loads(record_file.read_text())

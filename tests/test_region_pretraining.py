@@ -67,6 +67,7 @@ def test_alignment_moves_region_tokens_onto_their_labels_word_sums(small_shapewo
                                   learning_rate=3e-3, log=lambda line: None)
     assert history["loss"][-1] < 0.2 * history["loss"][0]
     assert history["nearest_label"][-1] == 1.0
+    assert history["step"] == list(range(10, 81, 10)) and len(history["loss"]) == len(history["step"])
     groups = group_of_parameters(model)
     trained = {groups[name] for name, p in model.named_parameters() if digest(p) != before[name]}
     assert trained == set(ALIGNMENT_GROUPS)  # the LLM, its embeddings included, is untouched

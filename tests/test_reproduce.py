@@ -410,6 +410,7 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     for name, vit in (("fo1", False), ("fo1_vit_unfrozen", True), ("aux_only", False)):
         alignment = json.loads((out / "seed0" / name / "aligned" / reproduce.TRAIN_RECORD).read_text())
         assert alignment["steps"] == budget.recipe.alignment_steps
+        assert [step for step, _ in alignment["losses"]] == [budget.recipe.alignment_steps]  # logged at the last step
         assert ("vision" in alignment["stage"]["train"]) == vit and "region_encoder" in alignment["stage"]["train"]
     # The base is the recipe's language stage, then stage 0, trained from the language stage's weights.
     base_record = seed["base"]["train"]

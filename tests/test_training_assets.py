@@ -78,7 +78,7 @@ def test_the_demo_recipe_runs_end_to_end_from_the_cli(tmp_path):
     report = json.loads((tmp_path / "recipe.json").read_text())
     assert set(report["wall_seconds"]) >= {"data", "tokenizer", "language0", "stage0", "alignment", "stage1", "stage2",
                                            "eval", "total"}
-    assert set(report["alignment"]) == {"loss", "nearest_label"}
+    assert set(report["alignment"]) == {"step", "loss", "nearest_label"}
     language = [json.loads(line)["task"] for line in (tmp_path / "data" / "language0.fo1.jsonl").read_text().splitlines()]
     assert language == ["text_repeat"] * 2 + ["text_lookup"] * 2
     checks = report["language_checks"]
@@ -151,7 +151,8 @@ def test_word_slot_records_join_a_stage_and_alignment_runs_after_stage0(tmp_path
     assert result.global_step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     report: dict = {}
     aligned = _align(recipe, tmp_path / "stage0", data, tmp_path / "aligned", report, resume=True, log=lambda _: None)
-    assert set(report["alignment"]) == {"loss", "nearest_label"} and (aligned / "model.safetensors").exists()
+    assert set(report["alignment"]) == {"step", "loss", "nearest_label"} and (aligned / "model.safetensors").exists()
+    assert report["alignment"]["step"] == recipe.alignment_steps  # the values are the last step's
     stamp = (aligned / "alignment.json").stat().st_mtime_ns
     _align(recipe, tmp_path / "stage0", data, aligned, report, resume=True, log=lambda _: None)
     assert (aligned / "alignment.json").stat().st_mtime_ns == stamp  # resumed, not trained again

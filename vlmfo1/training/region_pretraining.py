@@ -101,7 +101,7 @@ def _train_on_objects(model, processor, images: Sequence[tuple[dict, list]], ima
             optimizer.step()
             schedule.step()
             if step % 10 == 9 or step == steps - 1:
-                for name, value in {"loss": loss.item(), **measures}.items():
+                for name, value in {"step": step + 1, "loss": loss.item(), **measures}.items():
                     history.setdefault(name, []).append(round(value, 4))
                 log(f"{what} step {step + 1}/{steps}: loss {loss.item():.3f} "
                     + " ".join(f"{name} {value:.2f}" for name, value in measures.items()))
@@ -127,7 +127,8 @@ def pretrain_region_features(
 ) -> dict[str, list[float]]:
     """Trains the encoder groups of `model` (in place) to classify the objects of a COCO file (its
     category, and each named key of the annotations' `attributes`) from their fused region features.
-    Returns the loss and the training accuracy per target (`accuracy_{name}`), every tenth step."""
+    Returns the loss and the training accuracy per target (`accuracy_{name}`), every tenth step and at
+    the last, with those steps (`step`)."""
     coco, images = _read_objects(coco_file)
     classes = {"category": sorted(c["id"] for c in coco["categories"])}
     for name in attributes:
@@ -175,7 +176,8 @@ def align_region_tokens(
     each object's region token is its label's word-embedding sum (`label_embedding` of
     `object_label`). The loss is the squared distance over the labels' mean squared norm (so 1.0 for
     tokens at zero); `nearest_label` is the share of training objects whose token is closer to their
-    own label's vector than to any other label of the file. Returns both every tenth step."""
+    own label's vector than to any other label of the file. Returns both every tenth step and at the
+    last, with those steps (`step`)."""
     coco, images = _read_objects(coco_file)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     labels = sorted({object_label(a, names) for _, found in images for a in found})
