@@ -35,6 +35,7 @@ command is run again; an interrupted stage continues from its last checkpoint. R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -225,6 +226,24 @@ ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path):
+    """Holds an exclusive lock on `lock_file` across processes (where the OS has `fcntl`): seeds run
+    as parallel commands on one folder then write the shared held-out splits once, not over each other."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): parallel commands on one folder are not supported there
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_heldout(budget_: ReproBudget, folder: Path, log: Callable[[str], None]) -> None:
@@ -1123,48 +1142,49 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
     out.mkdir(parents=True, exist_ok=True)
     identity_file = out / "budget.json"
     identity = budget_.identity()
-    if identity_file.exists():
-        previous = json.loads(identity_file.read_text())
-        if previous != identity:
-            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise SystemExit(f"{out} holds a run of another budget (differs in {changed}); use another --out")
-    else:
-        identity_file.write_text(json.dumps(identity, indent=2) + "\n")
-
-    write_heldout(budget_, out / "heldout", log)
-    heldouts = {split: HeldOut(out / "heldout", split) for split in budget_.heldout_splits}
-    references = {}
-    for split, heldout in heldouts.items():
-        # Seconds of scoring, redone every time so that a folder from an older version gets today's fields.
-        references[split] = reference_scores(heldout, heldout.items(EVAL_TASKS))
-        (out / "heldout" / f"{split}.reference_scores.json").write_text(json.dumps(references[split], indent=2) + "\n")
+    with exclusive(out / ".lock"):  # what every seed shares: one writer at a time
+        if identity_file.exists():
+            previous = json.loads(identity_file.read_text())
+            if previous != identity:
+                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+                raise SystemExit(f"{out} holds a run of another budget (differs in {changed}); use another --out")
+        else:
+            identity_file.write_text(json.dumps(identity, indent=2) + "\n")
+        write_heldout(budget_, out / "heldout", log)
+        heldouts = {split: HeldOut(out / "heldout", split) for split in budget_.heldout_splits}
+        references = {}
+        for split, heldout in heldouts.items():
+            # Seconds of scoring, redone every time so that a folder from an older version gets today's fields.
+            references[split] = reference_scores(heldout, heldout.items(EVAL_TASKS))
+            (out / "heldout" / f"{split}.reference_scores.json").write_text(json.dumps(references[split], indent=2) + "\n")
     if reference_only:
         return {split: describe_heldout(heldouts[split], references[split]) for split in heldouts}
     for seed in seeds:
         log(f"seed {seed}")
         run_seed(budget_, seed, out, heldouts, log)
-    # Every finished seed of the folder counts: seeds added by a later command join the tables.
-    results = sorted((json.loads(path.read_text()) for path in out.glob("seed*/result.json")), key=lambda r: r["seed"])
-    # The reference answers' lengths in tokens, by the first finished seed's tokenizer.
-    tokenizer_dir = out / f"seed{results[0]['seed']}" / "tokenizer"
-    write_tokenizer(dataclasses.replace(budget_.recipe, seed=results[0]["seed"]), tokenizer_dir)
-    tables = {split: build_tables(results, split, references[split], reference_answer_tokens(heldout, tokenizer_dir))
-              for split, heldout in heldouts.items()}
-    curve_split = next(iter(heldouts))
-    rows = curve_rows(results)
-    fo1_phases = results[0]["arms"]["fo1"]["phases"]
-    png = write_curve(rows, out, alignment_steps=fo1_phases[0]["steps"] if len(fo1_phases) > 1 else None,
-                      fo1_ceiling=tables[curve_split]["table1"]["ceilings"]["fo1"]["map"])
-    machine = machine_info()
-    wall = time.perf_counter() - start
-    base_skills = base_skills_table(results)
-    report = render_report(budget_, tables, base_skills, png, wall, machine)
-    (out / "report.md").write_text(report)
-    summary = {"budget": budget_.to_dict(), "seeds": [r["seed"] for r in results], "seeds_run_now": list(seeds),
-               "machine": machine, "wall_seconds": round(wall, 1),
-               "reference": references, "per_seed": results, "tables": tables, "base_skills": base_skills,
-               "curve": rows}
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with exclusive(out / ".lock"):  # seeds finishing in parallel commands write the report in turn
+        # Every finished seed of the folder counts: seeds added by a later command join the tables.
+        results = sorted((json.loads(path.read_text()) for path in out.glob("seed*/result.json")), key=lambda r: r["seed"])
+        # The reference answers' lengths in tokens, by the first finished seed's tokenizer.
+        tokenizer_dir = out / f"seed{results[0]['seed']}" / "tokenizer"
+        write_tokenizer(dataclasses.replace(budget_.recipe, seed=results[0]["seed"]), tokenizer_dir)
+        tables = {split: build_tables(results, split, references[split], reference_answer_tokens(heldout, tokenizer_dir))
+                  for split, heldout in heldouts.items()}
+        curve_split = next(iter(heldouts))
+        rows = curve_rows(results)
+        fo1_phases = results[0]["arms"]["fo1"]["phases"]
+        png = write_curve(rows, out, alignment_steps=fo1_phases[0]["steps"] if len(fo1_phases) > 1 else None,
+                          fo1_ceiling=tables[curve_split]["table1"]["ceilings"]["fo1"]["map"])
+        machine = machine_info()
+        wall = time.perf_counter() - start
+        base_skills = base_skills_table(results)
+        report = render_report(budget_, tables, base_skills, png, wall, machine)
+        (out / "report.md").write_text(report)
+        summary = {"budget": budget_.to_dict(), "seeds": [r["seed"] for r in results], "seeds_run_now": list(seeds),
+                   "machine": machine, "wall_seconds": round(wall, 1),
+                   "reference": references, "per_seed": results, "tables": tables, "base_skills": base_skills,
+                   "curve": rows}
+        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(report, flush=True)
     return summary
 

@@ -481,3 +481,23 @@ def test_kept_full_results_are_of_the_full_budget(reproduce):
         assert path.parent.name == f"seed{result['seed']}"
         assert set(result["arms"]) == {arm.name for arm in reproduce.ARMS}
         assert set(result["base"]["scores"]) == set(reproduce.budget("full").heldout_splits)
+
+
+def test_parallel_commands_on_one_folder_take_turns(reproduce, tmp_path):
+    """Seeds run as parallel commands share the folder's held-out splits and report: `exclusive`
+    lets one writer in at a time (flock is per open file, so a second holder blocks even in-process)."""
+    import threading
+
+    lock = tmp_path / "run" / ".lock"
+    entered = threading.Event()
+
+    def second_writer():
+        with reproduce.exclusive(lock):
+            entered.set()
+
+    with reproduce.exclusive(lock):
+        thread = threading.Thread(target=second_writer, daemon=True)
+        thread.start()
+        assert not entered.wait(0.5)  # blocked while the first holds the lock
+    assert entered.wait(10)  # and let in once it is released
+    thread.join(10)
