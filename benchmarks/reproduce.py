@@ -640,24 +640,35 @@ def snapshot_steps(steps: int, points: int) -> list[int]:
 
 
 def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, HeldOut],
-             log: Callable[[str], None]) -> dict[str, Any]:
+             log: Callable[[str], None], arms: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Trains and evaluates seed `seed`: its base, then `arms` (None: all). Returns the seed's result,
+    also written to `seed{S}/result.json`, once every arm has its `result.json` (arms may be split over
+    parallel commands); None while some arm is still missing."""
     recipe = dataclasses.replace(budget_.recipe, seed=seed)
     folder = out / f"seed{seed}"
     data_dir = folder / "data"
-    write_training_data(recipe, data_dir, log)
-    write_tokenizer(recipe, folder / "tokenizer")
     base_dir = folder / "base"
-    base_train = train_base(recipe, data_dir, folder, base_dir, log)
-    checks = base_language_checks(recipe, base_dir, folder / "base_language_checks.json", log)
+    # One command makes the seed's data and base; another command on other arms of the seed waits.
+    with exclusive(folder / ".lock"):
+        write_training_data(recipe, data_dir, log)
+        write_tokenizer(recipe, folder / "tokenizer")
+        base_train = train_base(recipe, data_dir, folder, base_dir, log)
+        checks = base_language_checks(recipe, base_dir, folder / "base_language_checks.json", log)
+        base_scores = {split: evaluate_model("fo1", base_dir, heldout, heldout.items(BASE_TASKS),
+                                             folder / "base_eval" / split, budget_, log)
+                       for split, heldout in heldouts.items()}
     curve_split = next(iter(heldouts))
     curve_items = heldouts[curve_split].items(CURVE_TASKS, budget_.curve_scenes)
-    base_scores = {split: evaluate_model("fo1", base_dir, heldout, heldout.items(BASE_TASKS), folder / "base_eval" / split,
-                                         budget_, log) for split, heldout in heldouts.items()}
     result: dict[str, Any] = {"seed": seed, "arms": {},
                               "base": {"train": _train_summary(base_train), "scores": base_scores, "language_checks": checks}}
 
     for arm in ARMS:
         arm_dir = folder / arm.name
+        if arms is not None and arm.name not in arms:
+            finished = arm_dir / "result.json"
+            if finished.exists():
+                result["arms"][arm.name] = json.loads(finished.read_text())
+            continue
         phases = train_arm(arm, recipe, budget_, data_dir, base_dir, folder, seed, log)
         final_dir = phases[-1]["dir"]
         log(f"seed {seed}, {arm.name}: evaluating")
@@ -669,6 +680,10 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
             entry["curve"] = arm_curve(arm, phases, heldouts[curve_split], curve_items, arm_dir, budget_, log)
         result["arms"][arm.name] = entry
         (arm_dir / "result.json").write_text(json.dumps(entry, indent=2) + "\n")
+    missing = [arm.name for arm in ARMS if arm.name not in result["arms"]]
+    if missing:
+        log(f"seed {seed}: {', '.join(missing)} not finished yet; the seed's result.json waits for them")
+        return None
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -1118,12 +1133,18 @@ def describe_heldout(heldout: HeldOut, reference: dict[str, Any]) -> dict[str, A
 
 
 def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, threads: int | None = None,
-        log: Callable[[str], None] | None = None, reference_only: bool = False, report_only: bool = False) -> dict[str, Any]:
+        log: Callable[[str], None] | None = None, reference_only: bool = False, report_only: bool = False,
+        arms: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Runs (or resumes) every seed, then writes results.json, report.md and the curve; returns the results.
     With `reference_only`, writes the held-out splits and returns `describe_heldout` of each (no training).
     With `report_only`, trains and evaluates nothing: the report is rebuilt from the finished seeds'
     `seed*/result.json` in `out` alone (e.g. an archive of them: the held-out splits and a tokenizer,
-    both deterministic, are remade when missing)."""
+    both deterministic, are remade when missing). `arms` (None: all) splits a seed's arms over parallel
+    commands: each trains the base once between them and its own arms; the command that finishes a
+    seed's last arm writes the seed's result. Returns None when no seed of the folder has finished."""
+    unknown = sorted(set(arms or ()) - set(ARMS_BY_NAME))
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; choose from {', '.join(ARMS_BY_NAME)}")
     from transformers.utils import logging as transformers_logging
 
     start = time.perf_counter()
@@ -1161,10 +1182,13 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
         return {split: describe_heldout(heldouts[split], references[split]) for split in heldouts}
     for seed in seeds:
         log(f"seed {seed}")
-        run_seed(budget_, seed, out, heldouts, log)
+        run_seed(budget_, seed, out, heldouts, log, arms)
     with exclusive(out / ".lock"):  # seeds finishing in parallel commands write the report in turn
         # Every finished seed of the folder counts: seeds added by a later command join the tables.
         results = sorted((json.loads(path.read_text()) for path in out.glob("seed*/result.json")), key=lambda r: r["seed"])
+        if not results:
+            log(f"no seed of {out} has finished all its arms yet: no report")
+            return None
         # The reference answers' lengths in tokens, by the first finished seed's tokenizer.
         tokenizer_dir = out / f"seed{results[0]['seed']}" / "tokenizer"
         write_tokenizer(dataclasses.replace(budget_.recipe, seed=results[0]["seed"]), tokenizer_dir)
@@ -1203,23 +1227,34 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def _arms(text: str) -> tuple[str, ...]:
+    arms = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in arms if name not in ARMS_BY_NAME]
+    if not arms or unknown:
+        raise argparse.ArgumentTypeError(f"--arms takes arm names separated by commas ({', '.join(ARMS_BY_NAME)}), got {text!r}")
+    return arms
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=("tiny", "small", "full"), default="small")
     parser.add_argument("--seeds", type=_seeds, default=None, help="comma-separated, e.g. 0,1,2 (default: the budget's)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--arms", type=_arms, default=None,
+                        help=f"comma-separated arms to train (default: all; {','.join(ARMS_BY_NAME)}): "
+                             "split a seed over parallel commands")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--reference-only", action="store_true",
                        help="only write the held-out split and print what its reference answers score")
     modes.add_argument("--report-only", action="store_true",
                        help="train nothing: rebuild the report from the seed*/result.json files in --out")
     args = parser.parse_args(argv)
-    if args.report_only and args.seeds is not None:
-        parser.error("--report-only trains no seed: leave --seeds out")
+    if args.report_only and (args.seeds is not None or args.arms is not None):
+        parser.error("--report-only trains no seed: leave --seeds and --arms out")
     return run(budget(args.budget), args.out, seeds=args.seeds, threads=args.threads,
-               reference_only=args.reference_only, report_only=args.report_only)
+               reference_only=args.reference_only, report_only=args.report_only, arms=args.arms)
 
 
 if __name__ == "__main__":

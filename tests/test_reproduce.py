@@ -334,12 +334,30 @@ def test_claims_are_paired_differences_per_seed(reproduce):
     assert "| perception without forgetting (Table 7) | fo1 − base | image QA | +0.0, -5.0 | -2.5 ± 3.5 | 0 / 1 / 1 |" in table["markdown"]
 
 
+def untimed(value):
+    """`value` without its wall-clock fields (keys naming seconds), which differ between runs."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+def test_arms_must_be_known(reproduce, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--budget", "tiny", "--out", str(tmp_path), "--arms", "fo1,fo2"])
+    assert "--arms takes arm names" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown arms"):
+        reproduce.run(reproduce.budget("tiny"), tmp_path, arms=("fo2",))
+    assert not any(tmp_path.iterdir())
+
+
 def test_report_only_needs_a_finished_seed_and_trains_none(reproduce, tmp_path, capsys):
     with pytest.raises(SystemExit, match="no finished seed"):
         reproduce.main(["--budget", "tiny", "--out", str(tmp_path / "empty"), "--report-only"])
     with pytest.raises(SystemExit):
         reproduce.main(["--budget", "tiny", "--out", str(tmp_path), "--report-only", "--seeds", "0"])
-    assert "leave --seeds out" in capsys.readouterr().err
+    assert "leave --seeds and --arms out" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         reproduce.main(["--budget", "tiny", "--out", str(tmp_path), "--report-only", "--reference-only"])
     assert not any(tmp_path.rglob("*.safetensors"))
@@ -465,6 +483,17 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     assert rebuilt["tables"] == summary["tables"] and rebuilt["seeds"] == [0] and rebuilt["seeds_run_now"] == []
     assert sorted(path.name for path in (archive / "seed0").iterdir()) == ["result.json", "tokenizer"]
     assert (archive / "report.md").read_text().count("The claims, seed by seed") == 2
+
+    # A seed's arms split over two commands (as parallel commands would run them): the first finishes
+    # no seed and writes no report, the second completes the seed with the single command's numbers.
+    split = tmp_path / "split"
+    first = reproduce.main(["--budget", "tiny", "--out", str(split), "--threads", "1", "--arms", ",".join(arms[:2])])
+    assert first is None and not (split / "seed0" / "result.json").exists() and not (split / "report.md").exists()
+    assert sorted(p.parent.name for p in (split / "seed0").glob("*/result.json")) == sorted(arms[:2])
+    second = reproduce.main(["--budget", "tiny", "--out", str(split), "--threads", "1", "--arms", ",".join(arms[2:])])
+    assert set(second["per_seed"][0]["arms"]) == set(arms)
+    for name in arms:
+        assert untimed(second["per_seed"][0]["arms"][name]["scores"]) == untimed(seed["arms"][name]["scores"]), name
 
     # Another budget in the same folder is refused before anything runs.
     with pytest.raises(SystemExit, match="another budget"):
