@@ -30,7 +30,8 @@ also evaluated at intermediate steps (mAP vs. steps).
 Resumable: every finished piece (data, stage, evaluation) is kept in --out and skipped when the
 command is run again; an interrupted stage continues from its last checkpoint. Results:
 ``results.json``, ``report.md`` (the tables, also printed), ``curve.csv`` and ``curve.png``
-(when matplotlib is installed).
+(when matplotlib is installed). Seeds (`--seeds`) and a seed's arms (`--arms`) may run as parallel
+commands on one folder; `--report-only` rebuilds the results from the seeds' ``result.json`` alone.
 """
 from __future__ import annotations
 
