@@ -40,6 +40,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -660,15 +661,22 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
                        for split, heldout in heldouts.items()}
     curve_split = next(iter(heldouts))
     curve_items = heldouts[curve_split].items(CURVE_TASKS, budget_.curve_scenes)
+    base_sha256 = file_sha256(base_dir / "model.safetensors")
     result: dict[str, Any] = {"seed": seed, "arms": {},
-                              "base": {"train": _train_summary(base_train), "scores": base_scores, "language_checks": checks}}
+                              "base": {"train": _train_summary(base_train), "scores": base_scores, "language_checks": checks,
+                                       "sha256": base_sha256}}
 
     for arm in ARMS:
         arm_dir = folder / arm.name
+        finished = arm_dir / "result.json"
+        if finished.exists():  # trained and evaluated (here, or kept from a lost folder: no checkpoint needed)
+            entry = json.loads(finished.read_text())
+            if entry.get("base_sha256", base_sha256) != base_sha256:
+                raise SystemExit(f"{finished} was trained from another base than {base_dir} (sha256 "
+                                 f"{entry['base_sha256'][:12]}... vs {base_sha256[:12]}...); remove it to train the arm again")
+            result["arms"][arm.name] = entry
+            continue
         if arms is not None and arm.name not in arms:
-            finished = arm_dir / "result.json"
-            if finished.exists():
-                result["arms"][arm.name] = json.loads(finished.read_text())
             continue
         phases = train_arm(arm, recipe, budget_, data_dir, base_dir, folder, seed, log)
         final_dir = phases[-1]["dir"]
@@ -676,7 +684,8 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
         scores = {split: evaluate_model(arm.kind, final_dir, heldout, heldout.items(EVAL_TASKS), arm_dir / "eval" / split,
                                         budget_, log) for split, heldout in heldouts.items()}
         entry = {"scores": scores, "phases": [{k: v for k, v in p.items() if k != "dir"} for p in phases],
-                 "steps": sum(p["steps"] for p in phases), "train_seconds": sum(p["seconds"] for p in phases)}
+                 "steps": sum(p["steps"] for p in phases), "train_seconds": sum(p["seconds"] for p in phases),
+                 "base_sha256": base_sha256}
         if arm.curve:
             entry["curve"] = arm_curve(arm, phases, heldouts[curve_split], curve_items, arm_dir, budget_, log)
         result["arms"][arm.name] = entry
@@ -687,6 +696,14 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
         return None
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def train_base(recipe: DemoRecipe, data_dir: Path, folder: Path, base_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:

@@ -495,6 +495,24 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     for name in arms:
         assert untimed(second["per_seed"][0]["arms"][name]["scores"]) == untimed(seed["arms"][name]["scores"]), name
 
+    # A lost folder rebuilt from its kept arm results: the base is trained again (the same weights:
+    # its sha256 is checked against the arms'), the kept arms are not, the others are.
+    kept = tmp_path / "kept"
+    for name in ["budget.json"] + [f"seed0/{arm}/result.json" for arm in arms[:3]]:
+        (kept / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / name, kept / name)
+    assert all(seed["arms"][name]["base_sha256"] == seed["base"]["sha256"] for name in arms)
+    tampered = json.loads((kept / "seed0" / arms[0] / "result.json").read_text())
+    (kept / "seed0" / arms[0] / "result.json").write_text(json.dumps({**tampered, "base_sha256": "0" * 64}))
+    with pytest.raises(SystemExit, match="another base"):
+        reproduce.main(["--budget", "tiny", "--out", str(kept), "--threads", "1"])
+    (kept / "seed0" / arms[0] / "result.json").write_text(json.dumps(tampered))
+    resumed = reproduce.main(["--budget", "tiny", "--out", str(kept), "--threads", "1"])
+    assert resumed["per_seed"][0]["base"]["sha256"] == seed["base"]["sha256"]
+    assert [name for name in arms if (kept / "seed0" / name / "eval").exists()] == arms[3:]
+    for name in arms:
+        assert untimed(resumed["per_seed"][0]["arms"][name]["scores"]) == untimed(seed["arms"][name]["scores"]), name
+
     # Another budget in the same folder is refused before anything runs.
     with pytest.raises(SystemExit, match="another budget"):
         reproduce.run(reproduce.budget("small"), out)
@@ -505,11 +523,15 @@ def test_kept_full_results_are_of_the_full_budget(reproduce):
     must be of the budget `--budget full` runs today, and each seed complete."""
     kept = REPO / "benchmarks" / "results" / "reproduce-full"
     assert json.loads((kept / "budget.json").read_text()) == reproduce.budget("full").identity()
+    splits = set(reproduce.budget("full").heldout_splits)
     for path in sorted(kept.glob("seed*/result.json")):
         result = json.loads(path.read_text())
         assert path.parent.name == f"seed{result['seed']}"
         assert set(result["arms"]) == {arm.name for arm in reproduce.ARMS}
-        assert set(result["base"]["scores"]) == set(reproduce.budget("full").heldout_splits)
+        assert set(result["base"]["scores"]) == splits
+    for path in sorted(kept.glob("seed*/*/result.json")):  # finished arms of seeds still running
+        assert path.parent.name in reproduce.ARMS_BY_NAME
+        assert set(json.loads(path.read_text())["scores"]) == splits
 
 
 def test_parallel_commands_on_one_folder_take_turns(reproduce, tmp_path):
