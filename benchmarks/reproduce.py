@@ -917,11 +917,8 @@ def claims_table(results: list[dict[str, Any]], split: str) -> dict[str, Any]:
     return {"rows": rows, "markdown": md}
 
 
-def reference_answer_tokens(heldout: HeldOut, tokenizer_dir: Path) -> dict[str, float]:
+def reference_answer_tokens(heldout: HeldOut, tokenizer) -> dict[str, float]:
     """Mean tokens of the reference "detect everything" answers in each format (one seed's tokenizer)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     items = heldout.items(("detect_everything",))
     return {"fo1": float(np.mean([len(tokenizer(i.answer)["input_ids"]) for i in items])),
             "coordinates": float(np.mean([len(tokenizer(heldout.twins[i.id].answer)["input_ids"]) for i in items]))}
@@ -1163,6 +1160,7 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
     unknown = sorted(set(arms or ()) - set(ARMS_BY_NAME))
     if unknown:
         raise ValueError(f"unknown arms {unknown}; choose from {', '.join(ARMS_BY_NAME)}")
+    from transformers import AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     start = time.perf_counter()
@@ -1210,7 +1208,8 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
         # The reference answers' lengths in tokens, by the first finished seed's tokenizer.
         tokenizer_dir = out / f"seed{results[0]['seed']}" / "tokenizer"
         write_tokenizer(dataclasses.replace(budget_.recipe, seed=results[0]["seed"]), tokenizer_dir)
-        tables = {split: build_tables(results, split, references[split], reference_answer_tokens(heldout, tokenizer_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tables = {split: build_tables(results, split, references[split], reference_answer_tokens(heldout, tokenizer))
                   for split, heldout in heldouts.items()}
         curve_split = next(iter(heldouts))
         rows = curve_rows(results)
