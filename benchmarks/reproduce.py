@@ -642,10 +642,11 @@ def snapshot_steps(steps: int, points: int) -> list[int]:
 
 
 def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, HeldOut],
-             log: Callable[[str], None], arms: Sequence[str] | None = None) -> dict[str, Any] | None:
+             log: Callable[[str], None], arms: Sequence[str] | None = None, keep: Path | None = None) -> dict[str, Any] | None:
     """Trains and evaluates seed `seed`: its base, then `arms` (None: all). Returns the seed's result,
     also written to `seed{S}/result.json`, once every arm has its `result.json` (arms may be split over
-    parallel commands); None while some arm is still missing."""
+    parallel commands); None while some arm is still missing. Every finished `result.json` is also
+    copied to the same place under `keep` (when given)."""
     recipe = dataclasses.replace(budget_.recipe, seed=seed)
     folder = out / f"seed{seed}"
     data_dir = folder / "data"
@@ -675,6 +676,7 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
                 raise SystemExit(f"{finished} was trained from another base than {base_dir} (sha256 "
                                  f"{entry['base_sha256'][:12]}... vs {base_sha256[:12]}...); remove it to train the arm again")
             result["arms"][arm.name] = entry
+            keep_copy(finished, out, keep)
             continue
         if arms is not None and arm.name not in arms:
             continue
@@ -690,12 +692,25 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
             entry["curve"] = arm_curve(arm, phases, heldouts[curve_split], curve_items, arm_dir, budget_, log)
         result["arms"][arm.name] = entry
         (arm_dir / "result.json").write_text(json.dumps(entry, indent=2) + "\n")
+        keep_copy(arm_dir / "result.json", out, keep)
     missing = [arm.name for arm in ARMS if arm.name not in result["arms"]]
     if missing:
         log(f"seed {seed}: {', '.join(missing)} not finished yet; the seed's result.json waits for them")
         return None
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    keep_copy(folder / "result.json", out, keep)
     return result
+
+
+def keep_copy(path: Path, out: Path, keep: Path | None) -> None:
+    """Copies `path` (a finished piece's file in the run folder `out`) to the same place under `keep`:
+    a folder that outlives the run's (the repository's benchmarks/results/...), where a lost run
+    folder's finished pieces are found again (`--report-only`, or copied into a new `--out`)."""
+    if keep is None:
+        return
+    target = keep / path.relative_to(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
 
 
 def file_sha256(path: Path) -> str:
@@ -1149,14 +1164,16 @@ def describe_heldout(heldout: HeldOut, reference: dict[str, Any]) -> dict[str, A
 
 def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, threads: int | None = None,
         log: Callable[[str], None] | None = None, reference_only: bool = False, report_only: bool = False,
-        arms: Sequence[str] | None = None) -> dict[str, Any] | None:
+        arms: Sequence[str] | None = None, keep: Path | None = None) -> dict[str, Any] | None:
     """Runs (or resumes) every seed, then writes results.json, report.md and the curve; returns the results.
     With `reference_only`, writes the held-out splits and returns `describe_heldout` of each (no training).
     With `report_only`, trains and evaluates nothing: the report is rebuilt from the finished seeds'
     `seed*/result.json` in `out` alone (e.g. an archive of them: the held-out splits and a tokenizer,
     both deterministic, are remade when missing). `arms` (None: all) splits a seed's arms over parallel
     commands: each trains the base once between them and its own arms; the command that finishes a
-    seed's last arm writes the seed's result. Returns None when no seed of the folder has finished."""
+    seed's last arm writes the seed's result. `keep`: a folder (of the same budget) that gets a copy of
+    budget.json and of every finished seed's and arm's result.json. Returns None when no seed of the
+    folder has finished."""
     unknown = sorted(set(arms or ()) - set(ARMS_BY_NAME))
     if unknown:
         raise ValueError(f"unknown arms {unknown}; choose from {', '.join(ARMS_BY_NAME)}")
@@ -1187,6 +1204,11 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
                 raise SystemExit(f"{out} holds a run of another budget (differs in {changed}); use another --out")
         else:
             identity_file.write_text(json.dumps(identity, indent=2) + "\n")
+        if keep is not None:
+            kept = keep / "budget.json"
+            if kept.exists() and json.loads(kept.read_text()) != identity:
+                raise SystemExit(f"{keep} keeps the results of another budget; use another --keep")
+            keep_copy(identity_file, out, keep)
         write_heldout(budget_, out / "heldout", log)
         heldouts = {split: HeldOut(out / "heldout", split) for split in budget_.heldout_splits}
         references = {}
@@ -1198,7 +1220,7 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
         return {split: describe_heldout(heldouts[split], references[split]) for split in heldouts}
     for seed in seeds:
         log(f"seed {seed}")
-        run_seed(budget_, seed, out, heldouts, log, arms)
+        run_seed(budget_, seed, out, heldouts, log, arms, keep)
     with exclusive(out / ".lock"):  # seeds finishing in parallel commands write the report in turn
         # Every finished seed of the folder counts: seeds added by a later command join the tables.
         results = sorted((json.loads(path.read_text()) for path in out.glob("seed*/result.json")), key=lambda r: r["seed"])
@@ -1262,6 +1284,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--arms", type=_arms, default=None,
                         help=f"comma-separated arms to train (default: all; {','.join(ARMS_BY_NAME)}): "
                              "split a seed over parallel commands")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="also copy budget.json and every finished seed's and arm's result.json here "
+                             "(e.g. benchmarks/results/reproduce-full: what a lost --out folder can be rebuilt from)")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--reference-only", action="store_true",
                        help="only write the held-out split and print what its reference answers score")
@@ -1271,7 +1296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if args.report_only and (args.seeds is not None or args.arms is not None):
         parser.error("--report-only trains no seed: leave --seeds and --arms out")
     return run(budget(args.budget), args.out, seeds=args.seeds, threads=args.threads,
-               reference_only=args.reference_only, report_only=args.report_only, arms=args.arms)
+               reference_only=args.reference_only, report_only=args.report_only, arms=args.arms, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -352,6 +352,15 @@ def test_arms_must_be_known(reproduce, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_keep_refuses_another_budgets_folder(reproduce, tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "budget.json").write_text(json.dumps(reproduce.budget("small").identity()))
+    with pytest.raises(SystemExit, match="another budget"):
+        reproduce.main(["--budget", "tiny", "--out", str(tmp_path / "run"), "--keep", str(keep)])
+    assert not (tmp_path / "run" / "heldout").exists() and sorted(p.name for p in keep.iterdir()) == ["budget.json"]
+
+
 def test_report_only_needs_a_finished_seed_and_trains_none(reproduce, tmp_path, capsys):
     with pytest.raises(SystemExit, match="no finished seed"):
         reproduce.main(["--budget", "tiny", "--out", str(tmp_path / "empty"), "--report-only"])
@@ -366,8 +375,13 @@ def test_report_only_needs_a_finished_seed_and_trains_none(reproduce, tmp_path, 
 def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread):
     out = tmp_path / "run"
     budget = reproduce.budget("tiny")
-    summary = reproduce.main(["--budget", "tiny", "--out", str(out), "--threads", "1"])
+    keep = tmp_path / "keep"
+    summary = reproduce.main(["--budget", "tiny", "--out", str(out), "--threads", "1", "--keep", str(keep)])
     arms = [arm.name for arm in reproduce.ARMS]
+    # --keep copies the budget and every finished result.json, in the run folder's layout, and nothing else.
+    assert sorted(str(path.relative_to(keep)) for path in keep.rglob("*") if path.is_file()) == sorted(
+        ["budget.json", "seed0/result.json"] + [f"seed0/{arm}/result.json" for arm in arms])
+    assert (keep / "seed0" / "result.json").read_bytes() == (out / "seed0" / "result.json").read_bytes()
 
     results = json.loads((out / "results.json").read_text())
     assert list(results["tables"]) == list(budget.heldout_splits)
@@ -473,12 +487,12 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     assert {path: path.stat().st_mtime_ns for path in kept} == stamps
     assert again["tables"] == summary["tables"]
 
-    # The seeds' result.json files alone (an archive: no data, checkpoints or answers) rebuild the
+    # The seeds' result.json files alone (as kept: no data, checkpoints or answers) rebuild the
     # same tables, training nothing; the held-out splits and the tokenizer are remade.
     archive = tmp_path / "archive"
     (archive / "seed0").mkdir(parents=True)
-    shutil.copy(out / "budget.json", archive / "budget.json")
-    shutil.copy(out / "seed0" / "result.json", archive / "seed0" / "result.json")
+    shutil.copy(keep / "budget.json", archive / "budget.json")
+    shutil.copy(keep / "seed0" / "result.json", archive / "seed0" / "result.json")
     rebuilt = reproduce.main(["--budget", "tiny", "--out", str(archive), "--report-only"])
     assert rebuilt["tables"] == summary["tables"] and rebuilt["seeds"] == [0] and rebuilt["seeds_run_now"] == []
     assert sorted(path.name for path in (archive / "seed0").iterdir()) == ["result.json", "tokenizer"]
@@ -500,7 +514,7 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     kept = tmp_path / "kept"
     for name in ["budget.json"] + [f"seed0/{arm}/result.json" for arm in arms[:3]]:
         (kept / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / name, kept / name)
+        shutil.copy(keep / name, kept / name)
     assert all(seed["arms"][name]["base_sha256"] == seed["base"]["sha256"] for name in arms)
     tampered = json.loads((kept / "seed0" / arms[0] / "result.json").read_text())
     (kept / "seed0" / arms[0] / "result.json").write_text(json.dumps({**tampered, "base_sha256": "0" * 64}))
