@@ -702,6 +702,14 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
     return result
 
 
+def budget_differences(budget_file: Path, identity: dict[str, Any]) -> list[str]:
+    """The budget fields in which the folder's `budget.json` differs from `identity` (none if it has none)."""
+    if not budget_file.exists():
+        return []
+    previous = json.loads(budget_file.read_text())
+    return sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+
+
 def keep_copy(path: Path, out: Path, keep: Path | None) -> None:
     """Copies `path` (a finished piece's file in the run folder `out`) to the same place under `keep`:
     a folder that outlives the run's (the repository's benchmarks/results/...), where a lost run
@@ -1197,18 +1205,13 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
     identity_file = out / "budget.json"
     identity = budget_.identity()
     with exclusive(out / ".lock"):  # what every seed shares: one writer at a time
-        if identity_file.exists():
-            previous = json.loads(identity_file.read_text())
-            if previous != identity:
-                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-                raise SystemExit(f"{out} holds a run of another budget (differs in {changed}); use another --out")
-        else:
+        for folder, flag in ((out, "--out"), (keep, "--keep")):
+            changed = budget_differences(folder / "budget.json", identity) if folder is not None else []
+            if changed:
+                raise SystemExit(f"{folder} holds results of another budget (differs in {changed}); use another {flag}")
+        if not identity_file.exists():
             identity_file.write_text(json.dumps(identity, indent=2) + "\n")
-        if keep is not None:
-            kept = keep / "budget.json"
-            if kept.exists() and json.loads(kept.read_text()) != identity:
-                raise SystemExit(f"{keep} keeps the results of another budget; use another --keep")
-            keep_copy(identity_file, out, keep)
+        keep_copy(identity_file, out, keep)
         write_heldout(budget_, out / "heldout", log)
         heldouts = {split: HeldOut(out / "heldout", split) for split in budget_.heldout_splits}
         references = {}
