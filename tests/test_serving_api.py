@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -358,28 +359,45 @@ def test_concurrent_requests_are_micro_batched_with_the_same_answers(pipeline):
         engine.close()
 
 
-def occupy_worker(engine: InferenceEngine):
-    """Submits a long request (a caption per region of 30 regions) and waits until the worker runs it."""
-    request, _ = engine.prepare("caption", Image.open(io.BytesIO(PNG)).convert("RGB"), {"boxes": BOXES * 10})
-    future = engine.submit(request)
-    deadline = time.monotonic() + 30
-    while not future.running() and not future.done() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert future.running(), "the worker did not start the long request"
-    return future, request
+@contextlib.contextmanager
+def occupied_worker(engine: InferenceEngine):
+    """Holds the engine's one worker on a request until the block ends.
+
+    The worker blocks on an event rather than on a long computation: whether a later request waits
+    must not depend on how fast the machine running the tests happens to be."""
+    release = threading.Event()
+    request, _ = engine.prepare("caption", Image.open(io.BytesIO(PNG)).convert("RGB"), {"boxes": BOXES})
+    run = engine.pipeline.run
+
+    def run_after_release(requests):
+        if any(r is request for r in requests):
+            assert release.wait(120), "the test never released the worker"
+        return run(requests)
+
+    engine.pipeline.run = run_after_release  # an instance attribute: `del` below restores the method
+    try:
+        future = engine.submit(request)
+        deadline = time.monotonic() + 30
+        while not future.running() and not future.done() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert future.running(), "the worker did not start the holding request"
+        yield future, request
+    finally:
+        release.set()
+        future.result(120)
+        del engine.pipeline.run
 
 
 def test_full_queue_gives_503_with_retry_after(pipeline):
     engine = make_engine(pipeline, max_batch_size=1, batch_window_ms=0, max_queue=1)
     try:
         with TestClient(create_app(engine)) as client:
-            running, request = occupy_worker(engine)
-            waiting = engine.submit(request)  # fills the queue (one place)
-            response = client.post("/v1/detect", json={"image": B64, "categories": "x", "boxes": BOXES})
-            assert response.status_code == 503 and response.headers["retry-after"] == "1"
-            assert "busy" in response.json()["error"]["message"]
-            assert engine.batcher.stats.rejected == 1
-            running.result(120)
+            with occupied_worker(engine) as (_, request):
+                waiting = engine.submit(request)  # fills the queue (one place)
+                response = client.post("/v1/detect", json={"image": B64, "categories": "x", "boxes": BOXES})
+                assert response.status_code == 503 and response.headers["retry-after"] == "1"
+                assert "busy" in response.json()["error"]["message"]
+                assert engine.batcher.stats.rejected == 1
             waiting.result(120)
     finally:
         engine.close()
@@ -389,14 +407,13 @@ def test_timeout_gives_504_and_the_abandoned_request_is_not_computed(pipeline):
     engine = make_engine(pipeline, max_batch_size=1, batch_window_ms=0, request_timeout_s=0.5)
     try:
         with TestClient(create_app(engine)) as client:
-            running, _ = occupy_worker(engine)
-            response = client.post("/v1/detect", json={"image": B64, "categories": "x", "boxes": BOXES})
-            assert response.status_code == 504, response.text
-            assert "no answer within the request timeout of 0.5 s" in response.json()["error"]["message"]
-            running.result(120)
+            with occupied_worker(engine):
+                response = client.post("/v1/detect", json={"image": B64, "categories": "x", "boxes": BOXES})
+                assert response.status_code == 504, response.text
+                assert "no answer within the request timeout of 0.5 s" in response.json()["error"]["message"]
         engine.close()  # answers whatever is still queued, then stops
         stats = engine.batcher.stats
-        assert stats.cancelled == 1 and stats.completed == 1  # only the long request ran
+        assert stats.cancelled == 1 and stats.completed == 1  # only the holding request ran
     finally:
         engine.close()
 
