@@ -593,7 +593,8 @@ def train_stage(config: dict[str, Any], callbacks: Sequence[Any] = (), log: Call
     record = {"steps": result.global_step, "seconds": round(time.perf_counter() - start, 1),
               "resumed_from_checkpoint": resumed, "losses": result.losses,
               "learning_rate": config["training"]["learning_rate"],
-              "batch_size": config["training"]["per_device_train_batch_size"], "stage": config["stage"]}
+              "batch_size": config["training"]["per_device_train_batch_size"], "stage": config["stage"],
+              **compute_used()}
     record_file.write_text(json.dumps(record, indent=2) + "\n")
     for checkpoint in out.glob("checkpoint-*"):  # only for resuming this stage; the model is saved
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -664,7 +665,8 @@ def run_seed(budget_: ReproBudget, seed: int, out: Path, heldouts: dict[str, Hel
     curve_items = heldouts[curve_split].items(CURVE_TASKS, budget_.curve_scenes)
     base_sha256 = file_sha256(base_dir / "model.safetensors")
     result: dict[str, Any] = {"seed": seed, "arms": {},
-                              "base": {"train": _train_summary(base_train), "scores": base_scores, "language_checks": checks,
+                              "base": {"train": {**_train_summary(base_train), "language_stages": base_train.get("language_stages", [])},
+                                       "scores": base_scores, "language_checks": checks,
                                        "sha256": base_sha256}}
 
     for arm in ARMS:
@@ -741,7 +743,8 @@ def train_base(recipe: DemoRecipe, data_dir: Path, folder: Path, base_dir: Path,
             init = folder / name
     record = dict(train_stage(stage_config(recipe, 0, data_dir, base_dir, init), log=log))
     if language:
-        record["language_stages"] = [{"steps": r["steps"], "seconds": r["seconds"]} for r in language]
+        record["language_stages"] = [{"steps": r["steps"], "seconds": r["seconds"], "torch_threads": r.get("torch_threads"),
+                                      "device": r.get("device")} for r in language]
         record["steps"] += sum(r["steps"] for r in language)
         record["seconds"] = round(record["seconds"] + sum(r["seconds"] for r in language), 1)
     return record
@@ -814,7 +817,7 @@ def align_phase(recipe: DemoRecipe, arm: Arm, init: Path, data_dir: Path, out_di
                   "learning_rate": recipe.alignment_learning_rate, "batch_size": ALIGNMENT_BATCH,
                   "stage": {"name": "alignment", "train": list(arm.alignment_groups)},
                   "losses": [list(pair) for pair in zip(history["step"], history["loss"])],
-                  "nearest_label": history["nearest_label"]}
+                  "nearest_label": history["nearest_label"], **compute_used()}
         record_file.write_text(json.dumps(record, indent=2) + "\n")
     record = json.loads(record_file.read_text())
     return {**_train_summary(record), "dir": out_dir, "nearest_label": record["nearest_label"][-1]}
@@ -841,11 +844,19 @@ def arm_curve(arm: Arm, phases, heldout: HeldOut, items, arm_dir: Path, budget_:
     return curve
 
 
+def compute_used() -> dict[str, Any]:
+    """What a training record notes of the compute that made it: a seed's numbers are reproducible
+    only on the same device with the same thread count (another thread count sums in another order)."""
+    return {"torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
 def _train_summary(record: dict[str, Any]) -> dict[str, Any]:
     losses = record.get("losses") or []
     return {"steps": record["steps"], "seconds": record["seconds"], "learning_rate": record.get("learning_rate"),
             "batch_size": record.get("batch_size"), "first_loss": losses[0][1] if losses else None,
-            "last_loss": losses[-1][1] if losses else None}
+            "last_loss": losses[-1][1] if losses else None,
+            "torch_threads": record.get("torch_threads"), "device": record.get("device")}  # None: trained before they were noted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1036,6 +1047,19 @@ def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str,
     return tables
 
 
+def seed_compute(result: dict[str, Any]) -> str:
+    """The devices and thread counts a seed's training ran with, as noted in its records."""
+    base = result["base"]["train"]
+    pieces = [base, *base.get("language_stages", [])]
+    pieces += [phase for arm in result["arms"].values() for phase in arm["phases"]]
+    used = sorted({f"{p['device']}, {p['torch_threads']} thread{'s' if p['torch_threads'] != 1 else ''}"
+                   for p in pieces if p.get("torch_threads") is not None})
+    unnoted = sum(p.get("torch_threads") is None for p in pieces)
+    if unnoted:
+        used.append(f"{unnoted} of {len(pieces)} pieces not noted")
+    return "; ".join(used)
+
+
 def base_skills_table(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The base's language checks over seeds: region tokens right when copying and in each look-up."""
     names = list(results[0]["base"]["language_checks"])
@@ -1103,7 +1127,7 @@ def write_curve(rows: list[dict[str, Any]], out: Path, alignment_steps: int | No
 
 
 def render_report(budget_: ReproBudget, tables: dict[str, dict[str, Any]], base_skills: dict[str, Any], png: str | None,
-                  wall_seconds: float, machine: dict[str, Any]) -> str:
+                  wall_seconds: float, machine: dict[str, Any], compute_by_seed: dict[int, str]) -> str:
     """report.md: the tables of every held-out split (`tables`: split -> `build_tables`)."""
     seeds_run = next(iter(tables.values()))["seeds"]
     seeds = ", ".join(str(s) for s in seeds_run)
@@ -1120,6 +1144,9 @@ def render_report(budget_: ReproBudget, tables: dict[str, dict[str, Any]], base_
         "",
         (f"Scores in % on {budget_.heldout_scenes} held-out scenes per split; {spread}. Wall time of this invocation "
          f"{wall_seconds:.0f} s on {machine['platform']} ({machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads)."),
+        "",
+        "Training compute of each seed (a seed's numbers reproduce only with the same): "
+        + "; ".join(f"seed {seed}: {compute}" for seed, compute in compute_by_seed.items()) + ".",
         "",
         "## The base VLM's language skills (what FO1's answers are made of)",
         "",
@@ -1244,10 +1271,11 @@ def run(budget_: ReproBudget, out: Path, seeds: Sequence[int] | None = None, thr
         machine = machine_info()
         wall = time.perf_counter() - start
         base_skills = base_skills_table(results)
-        report = render_report(budget_, tables, base_skills, png, wall, machine)
+        compute_by_seed = {r["seed"]: seed_compute(r) for r in results}
+        report = render_report(budget_, tables, base_skills, png, wall, machine, compute_by_seed)
         (out / "report.md").write_text(report)
         summary = {"budget": budget_.to_dict(), "seeds": [r["seed"] for r in results], "seeds_run_now": list(seeds),
-                   "machine": machine, "wall_seconds": round(wall, 1),
+                   "machine": machine, "wall_seconds": round(wall, 1), "compute_by_seed": compute_by_seed,
                    "reference": references, "per_seed": results, "tables": tables, "base_skills": base_skills,
                    "curve": rows}
         (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -343,6 +343,17 @@ def untimed(value):
     return value
 
 
+def test_seed_compute_names_what_its_records_noted(reproduce):
+    def phase(threads, device="cpu"):
+        return {"steps": 1, "torch_threads": threads, "device": device}
+
+    result = {"base": {"train": {**phase(2), "language_stages": [phase(2), phase(2)]}},
+              "arms": {"fo1": {"phases": [phase(2), phase(1)]}, "coordinates": {"phases": [phase(2, "NVIDIA H100")]}}}
+    assert reproduce.seed_compute(result) == "NVIDIA H100, 2 threads; cpu, 1 thread; cpu, 2 threads"
+    result["arms"]["fo1"]["phases"][1] = {"steps": 1}  # a record from before compute was noted
+    assert reproduce.seed_compute(result) == "NVIDIA H100, 2 threads; cpu, 2 threads; 1 of 6 pieces not noted"
+
+
 def test_arms_must_be_known(reproduce, tmp_path, capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--budget", "tiny", "--out", str(tmp_path), "--arms", "fo1,fo2"])
@@ -423,6 +434,11 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
 
     # Equal budget: the same steps for the twin and FO1 (alignment + stage 2); the twin trains ViT + LLM.
     seed = results["per_seed"][0]
+    # Every training piece notes the compute it ran with (a seed reproduces only with the same).
+    pieces = [seed["base"]["train"], *seed["base"]["train"]["language_stages"]]
+    pieces += [phase for name in arms for phase in seed["arms"][name]["phases"]]
+    assert {(p["device"], p["torch_threads"]) for p in pieces} == {("cpu", 1)}
+    assert "Training compute of each seed (a seed's numbers reproduce only with the same): seed 0: cpu, 1 thread." in report
     expected_steps = budget.recipe.alignment_steps + budget.recipe.stage2.steps
     assert {name: seed["arms"][name]["steps"] for name in arms} == dict.fromkeys(arms, expected_steps)
     twin_stage = json.loads((out / "seed0" / "coordinates" / "coordinates" / reproduce.TRAIN_RECORD).read_text())["stage"]
