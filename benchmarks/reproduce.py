@@ -1020,7 +1020,7 @@ def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str,
         rows = [{"row": ARMS_BY_NAME[arm].title, "arm": arm, **stats_of(arm, "proposal"),
                  "steps": steps(arm), "train_seconds": wall(arm), "aligned": aligned(arm)} for arm in arms]
         columns = ROW_METRICS["ablation"]
-        md = _markdown(["model"] + [c for c, _ in columns] + ["aligned: nearest own label", "train wall s"],
+        md = _markdown(["model"] + [c for c, _ in columns] + ["aligned: nearest own label (last batch)", "train wall s"],
                        [[row["row"]] + [_cell(row[key]) for _, key in columns]
                         + [_cell(row["aligned"]), _cell(row["train_seconds"], percent=False, digits=0)] for row in rows])
         tables[name] = {"rows": rows, "markdown": md}
