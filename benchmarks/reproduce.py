@@ -743,8 +743,7 @@ def train_base(recipe: DemoRecipe, data_dir: Path, folder: Path, base_dir: Path,
             init = folder / name
     record = dict(train_stage(stage_config(recipe, 0, data_dir, base_dir, init), log=log))
     if language:
-        record["language_stages"] = [{"steps": r["steps"], "seconds": r["seconds"], "torch_threads": r.get("torch_threads"),
-                                      "device": r.get("device")} for r in language]
+        record["language_stages"] = [_train_summary(r) for r in language]
         record["steps"] += sum(r["steps"] for r in language)
         record["seconds"] = round(record["seconds"] + sum(r["seconds"] for r in language), 1)
     return record

@@ -375,6 +375,7 @@ def occupied_worker(engine: InferenceEngine):
         return run(requests)
 
     engine.pipeline.run = run_after_release  # an instance attribute: `del` below restores the method
+    future = None
     try:
         future = engine.submit(request)
         deadline = time.monotonic() + 30
@@ -384,7 +385,8 @@ def occupied_worker(engine: InferenceEngine):
         yield future, request
     finally:
         release.set()
-        future.result(120)
+        if future is not None:
+            future.result(120)
         del engine.pipeline.run
 
 
