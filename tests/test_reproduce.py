@@ -334,6 +334,46 @@ def test_claims_are_paired_differences_per_seed(reproduce):
     assert "| perception without forgetting (Table 7) | fo1 − base | image QA | +0.0, -5.0 | -2.5 ± 3.5 | 0 / 1 / 1 |" in table["markdown"]
 
 
+def test_spearman_ranks_ties_by_their_mean_rank(reproduce):
+    assert reproduce.spearman([1, 2, 3], [10, 20, 35]) == pytest.approx(1.0)
+    assert reproduce.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (0, 1.5, 1.5, 3) and (0, 2, 1, 3): covariance 4.5 over sqrt(4.5 * 5)
+    assert reproduce.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(math.sqrt(0.9))
+    assert reproduce.spearman([1, 1, 1], [1, 2, 3]) is None  # a constant side has no ranking
+    assert reproduce.spearman([1], [2]) is None
+
+
+def test_alignment_table_pairs_every_fo1_arm_of_every_seed(reproduce):
+    """Each FO1 arm's final alignment loss and nearest-own-label share against its held-out mAP; the
+    twin has no alignment and an arm without one counts as missing, not as zero."""
+    fo1_arms = [arm.name for arm in reproduce.ARMS if arm.kind == "fo1"]
+
+    def arm(loss, nearest, map_):
+        scores = {"same_world": {"detection": {"proposal": {"AP": map_, "AP50": map_}}, "rec": {"accuracy": 0.5},
+                                 "counting": {"accuracy": 0.5}, "rejection": {"accuracy": 0.5},
+                                 "caption": {"semantic_similarity": 0.5}, "image_qa": {"accuracy": 0.5}}}
+        phases = [{"steps": 10, "last_loss": 1.0}]
+        if loss is not None:
+            phases.insert(0, {"steps": 10, "last_loss": loss, "nearest_label": nearest})
+        return {"scores": scores, "phases": phases}
+
+    def seed(number, offset):
+        arms = {name: arm(0.5 - 0.1 * i, 0.1 * i, 0.05 * i + offset) for i, name in enumerate(fo1_arms)}
+        arms["coordinates"] = {"scores": {}, "phases": [{"steps": 20, "last_loss": 0.1}]}
+        return {"seed": number, "arms": arms}
+
+    results = [seed(0, 0.0), seed(1, 0.01)]
+    table = reproduce.alignment_table(results, "same_world")
+    assert len(table["pairs"]) == 2 * len(fo1_arms)
+    rows = {row["measure"]: row for row in table["rows"]}
+    assert rows["alignment_loss"]["spearman"] == pytest.approx(-1.0, abs=0.1)  # lower loss, higher mAP
+    assert rows["nearest_label"]["spearman"] > 0.9
+    results[1]["arms"][fo1_arms[0]] = arm(None, None, 0.3)
+    rows = {row["measure"]: row for row in reproduce.alignment_table(results, "same_world")["rows"]}
+    assert rows["alignment_loss"]["pairs"] == 2 * len(fo1_arms) - 1
+    assert "| final alignment loss | 9 |" in reproduce.alignment_table(results, "same_world")["markdown"]
+
+
 def untimed(value):
     """`value` without its wall-clock fields (keys naming seconds), which differ between runs."""
     if isinstance(value, dict):
@@ -421,8 +461,12 @@ def test_tiny_budget_end_to_end_and_resume(reproduce, tmp_path, one_torch_thread
     assert "Floors of this split" in tables["table1"]["markdown"]
 
     report = (out / "report.md").read_text()
-    for title in ("Table 1 style", "Table 8 style", "Table 9 style", "Table 7 style", "The claims, seed by seed"):
+    for title in ("Table 1 style", "Table 8 style", "Table 9 style", "Table 7 style", "The claims, seed by seed",
+                  "Alignment vs. held-out mAP"):
         assert report.count(title) == 2  # once per held-out split
+    alignment_pairs = tables["alignment"]["pairs"]
+    assert sorted(p["arm"] for p in alignment_pairs) == sorted(a.name for a in reproduce.ARMS if a.kind == "fo1")
+    assert all(p["alignment_loss"] > 0 and 0.0 <= p["nearest_label"] <= 1.0 for p in alignment_pairs)
     assert "Held-out split `harder`" in report and "Held-out split `same_world`" in report
     # The base's language skills, measured once per seed and cached.
     checks = results["base_skills"]["rows"]
