@@ -120,3 +120,24 @@ def test_demo_builds_with_every_control(engine):
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
     assert {"input-image", "boxes", "task", "prompt-text", "proposer", "min-score", "run", "annotated", "proposals",
             "raw-answer", "result-json"} <= ids
+
+
+def test_an_upload_handled_after_the_clicks_on_its_picture_keeps_their_box(engine):
+    """Clicks and the upload event run on separate queues: when the clicks on a newly uploaded picture
+    are handled first, the upload event that follows must not wipe the box they drew."""
+    import gradio as gr
+
+    demo = build_demo(engine)
+    handlers = {f.fn.__name__: f.fn for f in demo.fns.values()}
+    on_click, on_upload = handlers["on_click"], handlers["on_upload"]
+    picture = scene()
+    state = (None, None, [])  # original, pending corner, drawn boxes: nothing uploaded yet
+    for point in ((18, 18), (82, 82)):
+        original, corner, drawn, boxes_text, _ = on_click(picture, *state, gr.SelectData(None, {"index": list(point), "value": None}))
+        state = (original, corner, drawn)
+    assert boxes_text == "18, 18, 82, 82"
+
+    assert on_upload(picture.copy(), state[0]) == (gr.skip(),) * 4  # the same picture, handled late: kept
+    other = Image.new("RGB", (64, 48), "white")
+    assert on_upload(other, state[0]) == (other, None, [], "")  # a new picture: its boxes start empty
+    assert on_upload(picture, None) == (picture, None, [], "")

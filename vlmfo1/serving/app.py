@@ -130,6 +130,11 @@ def proposals_view(image: Image.Image, result) -> Image.Image:
     return draw_result(image, view, show_answer=False)
 
 
+def same_picture(a: Image.Image | None, b: Image.Image | None) -> bool:
+    """Whether two images hold the same pixels (an upload of the picture already shown)."""
+    return a is not None and b is not None and a.size == b.size and a.mode == b.mode and a.tobytes() == b.tobytes()
+
+
 def boxes_view(image: Image.Image, boxes: list[list[float]]) -> Image.Image:
     """The uploaded image at its own size with the drawn boxes tagged #K (so clicks map to pixels)."""
     from vlmfo1.pipeline.results import FO1Result, ProposalSet, Region
@@ -167,7 +172,11 @@ def run_template(engine: InferenceEngine, image: Image.Image | None, boxes_text:
 def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
     import gradio as gr
 
-    def on_upload(image):
+    # Clicks on a new picture may be handled before its upload event (another queue); they have then
+    # stored this very picture as the original, and the boxes drawn on it are kept.
+    def on_upload(image, original):
+        if same_picture(image, original):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return image, None, [], ""
 
     # The drawn boxes live in server-side state, so clicks handled one after another (in order) each
@@ -233,7 +242,7 @@ def build_demo(engine: InferenceEngine, title: str = "VLM-FO1"):
                 raw = gr.Textbox(label="Raw answer", lines=3, interactive=False, elem_id="raw-answer")
                 result_json = gr.JSON(label="Result JSON", elem_id="result-json")
 
-        image_in.upload(on_upload, image_in, [original, corner, drawn, boxes_text])
+        image_in.upload(on_upload, [image_in, original], [original, corner, drawn, boxes_text])
         image_in.clear(lambda: (None, None, [], ""), None, [original, corner, drawn, boxes_text])
         # Every click counts (two make a box): no progress overlay on the picture to swallow the next
         # click, and clicks are handled one at a time (a box does not depend on which corner came first).
