@@ -968,6 +968,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def alignment_phase(arm_result: dict[str, Any]) -> dict[str, Any]:
+    """The record of an FO1 arm's alignment phase; empty when the arm had none (or is the twin)."""
+    return next((phase for phase in arm_result["phases"] if "nearest_label" in phase), {})
+
+
 def alignment_table(results: list[dict[str, Any]], split: str) -> dict[str, Any]:
     """How far each FO1 arm's alignment got against its held-out mAP, over every (seed, arm) pair. The
     arms differ only in what the region tokens are made of, so if the ranking of arms follows how well
@@ -978,7 +983,7 @@ def alignment_table(results: list[dict[str, Any]], split: str) -> dict[str, Any]
             if arm.kind != "fo1":
                 continue
             record = result["arms"][arm.name]
-            alignment = next((phase for phase in record["phases"] if "nearest_label" in phase), {})  # none: no alignment
+            alignment = alignment_phase(record)
             pairs.append({"seed": result["seed"], "arm": arm.name, "alignment_loss": alignment.get("last_loss"),
                           "nearest_label": alignment.get("nearest_label"),
                           "map": headline(record["scores"][split], "proposal")["map"]})
@@ -1015,7 +1020,7 @@ def build_tables(results: list[dict[str, Any]], split: str, reference: dict[str,
 
     def aligned(arm: str) -> dict[str, Any]:
         """Share of training objects whose region token ended nearest its own label's word vector."""
-        return mean_spread([r["arms"][arm]["phases"][0].get("nearest_label") for r in results])
+        return mean_spread([alignment_phase(r["arms"][arm]).get("nearest_label") for r in results])
 
     def answer_tokens(arm: str) -> dict[str, Any]:
         return mean_spread([r["arms"][arm]["scores"][split]["answers"]["mean_answer_tokens"].get("detect_everything")
